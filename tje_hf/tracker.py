@@ -1,0 +1,234 @@
+"""Streaming signal tracker and stopping criteria that run inside ``model.generate``.
+
+:class:`EntropyTracker` is a ``LogitsProcessor`` that observes the model's **raw** next-token
+logits at every decoding step and never changes them. ``generate_with_entropy`` places it first
+in the processor chain, before the built-ins that Transformers would otherwise run before any
+custom processor (repetition penalty, min_new_tokens, suppress_tokens, bad_words_ids), and before
+temperature / top-k / top-p; so what it records equals the model's own output for that position.
+
+All state lives on the logits' device, and nothing in ``__call__`` or in the criteria reads a
+value back to the host, so tracking adds no synchronisation point to the decoding loop.
+
+The signal of the token generated at step t is computed at step t, but it can only be committed
+(its segment known, its log-probability taken, the row's EOS seen) once the token is known: at
+step t+1, or in :meth:`EntropyTracker.finalize` for the last one.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from .segments import ANSWER, GENERIC, REASONING, SegmentMachine, SegmentRules
+from .signals import all_signals
+
+STOP_RUNNING, STOP_EOS, STOP_MAX_NEW_TOKENS, STOP_WINDOW, STOP_BUDGET = 0, 1, 2, 3, 4
+STOP_REASONS = {
+    STOP_RUNNING: "running",
+    STOP_EOS: "eos",
+    STOP_MAX_NEW_TOKENS: "max_new_tokens",
+    STOP_WINDOW: "window_stop",
+    STOP_BUDGET: "token_budget",
+}
+SEGMENTS = ("all", "reasoning", "answer")
+
+
+def signal_columns(ks: tuple[int, ...]) -> tuple[str, ...]:
+    """Column names of the tracker's per-token values, e.g. ``topk_entropy@20``."""
+    return tuple(f"topk_entropy@{k}" for k in ks) + (
+        "full_entropy", "deepconf_confidence", "self_certainty", "token_logprob")
+
+
+class EntropyTracker(LogitsProcessor):
+    """Records every signal of every generated token, per row, on the device.
+
+    Args:
+        batch_size: rows B of the ``generate`` call.
+        max_new_tokens: T, the trace length to preallocate.
+        ks: top-k sizes of the top-k entropy columns.
+        eos_token_ids: ids that end a row; after one, the row stops contributing.
+        device: where the state lives (the logits' device).
+        segment_rules: the family's reasoning/answer boundary (default: everything is answer).
+        trace: keep per-token values ``(B, T, S)`` float32 and segment labels ``(B, T)`` int8.
+        trace_alternatives: with ``trace``, also keep the top-n ids ``(B, T, n)`` int32 and
+            their full-vocabulary log-probabilities ``(B, T, n)`` float16.
+
+    State after :meth:`finalize`: ``sums`` ``(B, 3, S)`` float32 and ``counts`` ``(B, 3)`` over
+    the segments ``("all", "reasoning", "answer")``; ``n_generated`` ``(B,)``; ``stop_code``
+    ``(B,)``; ``n_invalid`` ``(B,)`` (steps whose logits had a NaN or no finite entry).
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_new_tokens: int,
+        ks: tuple[int, ...],
+        eos_token_ids: list[int] | tuple[int, ...],
+        device: torch.device | str,
+        segment_rules: SegmentRules = GENERIC,
+        trace: bool = False,
+        trace_alternatives: int = 0,
+        deepconf_k: int = 20,
+    ):
+        B, T = batch_size, max_new_tokens
+        self.ks = tuple(ks)
+        self.columns = signal_columns(self.ks)
+        S = len(self.columns)
+        self.deepconf_k = deepconf_k
+        self.device = torch.device(device)
+        self.eos = torch.tensor(sorted(set(eos_token_ids)) or [-1], dtype=torch.long, device=self.device)
+        self.machine = SegmentMachine(segment_rules, self.device)
+        self.seg_state = self.machine.initial_state(B)
+        f32 = dict(dtype=torch.float32, device=self.device)
+        self.sums = torch.zeros(B, len(SEGMENTS), S, **f32)
+        self.counts = torch.zeros(B, len(SEGMENTS), **f32)
+        self.n_generated = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.n_invalid = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.alive = torch.ones(B, dtype=torch.bool, device=self.device)
+        self.stopped = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self.stop_code = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.trace = torch.full((B, T, S), float("nan"), **f32) if trace else None
+        self.trace_segments = torch.full((B, T), -1, dtype=torch.int8, device=self.device) if trace else None
+        n_alt = trace_alternatives if trace else 0
+        self.alt_ids = torch.zeros(B, T, n_alt, dtype=torch.int32, device=self.device) if n_alt else None
+        self.alt_logprobs = torch.zeros(B, T, n_alt, dtype=torch.float16, device=self.device) if n_alt else None
+        self.n_alt = n_alt
+        self.calls = 0  # host-side step counter: no device read needed
+        self._pending: torch.Tensor | None = None  # (B, S-1) signals of the token just sampled
+        self._pending_logits: torch.Tensor | None = None  # (B, V) float32 raw logits of that step
+        self._pending_lse: torch.Tensor | None = None  # (B,)
+        self._pending_alive: torch.Tensor | None = None  # (B,) rows that generated that token
+
+    # -- LogitsProcessor -----------------------------------------------------------------------
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Observe ``scores`` ``(B, V)`` (raw logits when placed first); return them unchanged."""
+        step = self.calls
+        self.calls += 1
+        if step > 0:
+            self._commit(input_ids[:, -1], step - 1)
+        sig = all_signals(scores, self.ks, self.deepconf_k)
+        self._pending = torch.cat(
+            [sig["topk_entropy"], sig["full_entropy"][:, None], sig["deepconf_confidence"][:, None],
+             sig["self_certainty"][:, None]], dim=-1)
+        # A copy: later processors may legally work in place on the tensor they are handed.
+        self._pending_logits = scores.detach().float().clone()
+        self._pending_lse = sig["lse"]
+        self._pending_alive = self.alive.clone()
+        self.n_generated += self.alive.long()
+        self.n_invalid += (self.alive & torch.isnan(self._pending[:, 0])).long()
+        if self.n_alt and step < self.alt_ids.shape[1]:
+            n = self.n_alt
+            self.alt_ids[:, step] = sig["top_ids"][:, :n].to(torch.int32)
+            self.alt_logprobs[:, step] = (sig["top_values"][:, :n] - sig["lse"][:, None]).to(torch.float16)
+        return scores
+
+    # -- state updates -------------------------------------------------------------------------
+
+    def pending_value(self, column: int, token: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` value of ``column`` for the token just sampled (``token`` ``(B,)``)."""
+        if self.columns[column] == "token_logprob":
+            return self._pending_logits.gather(1, token[:, None]).squeeze(1) - self._pending_lse
+        return self._pending[:, column]
+
+    def is_eos(self, token: torch.Tensor) -> torch.Tensor:
+        return torch.isin(token, self.eos)
+
+    def mark_stopped(self, rows: torch.Tensor, code: int) -> None:
+        """Rows ``(B,)`` bool stopped by a criterion after the token just sampled."""
+        self.stopped |= rows
+        self.stop_code = torch.where((self.stop_code == STOP_RUNNING) & rows,
+                                     torch.full_like(self.stop_code, code), self.stop_code)
+
+    def _commit(self, token: torch.Tensor, index: int) -> None:
+        """Account the pending step, whose sampled token ``(B,)`` is now known."""
+        logprob = self._pending_logits.gather(1, token[:, None]).squeeze(1) - self._pending_lse
+        values = torch.cat([self._pending, logprob[:, None]], dim=-1)  # (B, S)
+        cls, self.seg_state = self.machine.step(self.seg_state, token)
+        counted = self._pending_alive & ~torch.isnan(values[:, 0])
+        safe = torch.where(counted[:, None], values, torch.zeros_like(values))
+        w_all = counted.float()
+        w_reason = (counted & (cls == REASONING)).float()
+        w_answer = (counted & (cls == ANSWER)).float()
+        weights = torch.stack([w_all, w_reason, w_answer], dim=1)  # (B, 3)
+        self.sums += weights[:, :, None] * safe[:, None, :]
+        self.counts += weights
+        if self.trace is not None and index < self.trace.shape[1]:
+            alive_f = self._pending_alive[:, None]
+            self.trace[:, index] = torch.where(alive_f, values, torch.full_like(values, float("nan")))
+            self.trace_segments[:, index] = torch.where(self._pending_alive, cls, torch.full_like(cls, -1)).to(
+                torch.int8)
+        eos_hit = self._pending_alive & self.is_eos(token)
+        self.stop_code = torch.where((self.stop_code == STOP_RUNNING) & eos_hit,
+                                     torch.full_like(self.stop_code, STOP_EOS), self.stop_code)
+        self.alive = self._pending_alive & ~eos_hit & ~self.stopped
+
+    def finalize(self, sequences: torch.Tensor, prompt_length: int) -> None:
+        """Commit the last step, given the ``(B, prompt_length + n)`` output of ``generate``."""
+        n_cols = sequences.shape[1] - prompt_length
+        if self._pending is not None and self.calls == n_cols:
+            self._commit(sequences[:, -1], n_cols - 1)
+        # Otherwise generate ran one step more than it returned (deferred stop check): drop it.
+        self._pending = self._pending_logits = None
+        self.stop_code = torch.where(self.stop_code == STOP_RUNNING,
+                                     torch.full_like(self.stop_code, STOP_MAX_NEW_TOKENS), self.stop_code)
+
+
+class WindowMeanStop(StoppingCriteria):
+    """Stops a row when the mean of a signal over its last ``window`` tokens crosses ``threshold``.
+
+    Reads the tracker's device state; returns a ``(B,)`` bool tensor; never reads to the host.
+    ``direction="above"``: stop when the window mean > threshold; ``"below"``: when < threshold.
+    Fires only after ``min_tokens`` generated tokens, and not on a token that ends the row anyway.
+    """
+
+    def __init__(self, tracker: EntropyTracker, column: str, threshold: float, window: int,
+                 min_tokens: int, direction: str = "above"):
+        if column not in tracker.columns:
+            raise ValueError(f"window stop: unknown signal column {column!r}; have {tracker.columns}")
+        if direction not in ("above", "below"):
+            raise ValueError(f"window stop: direction must be 'above' or 'below', got {direction!r}")
+        if window < 1 or min_tokens < window:
+            raise ValueError(f"window stop: need 1 <= window <= min_tokens, got window={window}, "
+                             f"min_tokens={min_tokens}")
+        self.tracker = tracker
+        self.column = tracker.columns.index(column)
+        self.threshold = float(threshold)
+        self.window = window
+        self.min_tokens = min_tokens
+        self.direction = direction
+        B = tracker.n_generated.shape[0]
+        self.ring = torch.zeros(B, window, dtype=torch.float32, device=tracker.device)
+        self.ring_sum = torch.zeros(B, dtype=torch.float32, device=tracker.device)
+        self.pos = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        token = input_ids[:, -1]
+        value = torch.nan_to_num(self.tracker.pending_value(self.column, token), nan=0.0)
+        slot = self.pos % self.window
+        self.ring_sum += value - self.ring[:, slot]
+        self.ring[:, slot] = value
+        self.pos += 1
+        mean = self.ring_sum / min(self.pos, self.window)
+        crossed = mean > self.threshold if self.direction == "above" else mean < self.threshold
+        t = self.tracker
+        fire = t._pending_alive & (t.n_generated >= self.min_tokens) & crossed & ~t.is_eos(token)
+        t.mark_stopped(fire, STOP_WINDOW)
+        return fire
+
+
+class TokenBudgetStop(StoppingCriteria):
+    """Stops each row once it has generated ``budget[row]`` tokens (``budget`` ``(B,)`` or an int)."""
+
+    def __init__(self, tracker: EntropyTracker, budget: torch.Tensor | int):
+        self.tracker = tracker
+        B = tracker.n_generated.shape[0]
+        self.budget = torch.as_tensor(budget, dtype=torch.long, device=tracker.device).expand(B).clone()
+        if bool((self.budget < 1).any()):
+            raise ValueError(f"token budget must be >= 1 for every row, got {self.budget.tolist()}")
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        t = self.tracker
+        fire = t._pending_alive & (t.n_generated >= self.budget) & ~t.is_eos(input_ids[:, -1])
+        t.mark_stopped(fire, STOP_BUDGET)
+        return fire
