@@ -216,7 +216,6 @@ def generate_with_entropy(
     seeds: Sequence[int] | None = None,
     segment_rules: SegmentRules = GENERIC,
     template_kwargs: dict | None = None,
-    cache: Any = None,
     token_budget: Sequence[int] | None = None,
     logits_processor: Sequence = (),
 ) -> GenerationOutput:
@@ -231,42 +230,81 @@ def generate_with_entropy(
         seeds: one 32-bit sampling seed per prompt; default ``derive_seed(config.seed, row)``.
             A row's tokens depend on its seed only, not on the rest of the batch.
         segment_rules: where reasoning ends and the answer begins (``tje_hf.families``).
-        cache: a KV cache holding a strict prefix of every prompt (batch of 1 or equal prefixes);
-            it is extended in place. See ``tje_hf.kvcache`` for the rules.
+        template_kwargs: extra chat-template arguments (e.g. ``reasoning_effort``).
         token_budget: per-row token budgets (overrides ``config.token_budget``).
-        logits_processor: extra processors, run after ours and before sampling.
+        logits_processor: extra processors, run after the observer and before sampling.
 
     Returns:
         A :class:`GenerationOutput` with one :class:`SequenceResult` per prompt, in order.
+
+    Example::
+
+        lm = tje_hf.load_model()  # SmolLM2-135M-Instruct, the built-in default
+        out = tje_hf.generate_with_entropy(lm.model, lm.tokenizer,
+                                           [[{"role": "user", "content": "What is 3 + 4?"}]],
+                                           tje_hf.DecodeConfig(max_new_tokens=32))
+        out.results[0].means["all"]["topk_entropy@20"]  # bits; higher = more uncertain
     """
     config = config or DecodeConfig()
     if isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], (dict, int, np.integer))):
         prompts = [prompts]
     if len(prompts) == 0:
         raise ValueError("generate_with_entropy: no prompts")
-    device = model.device
+    batch_ids = encode_prompts(tokenizer, prompts, template_kwargs)
+    input_ids, attention_mask = left_pad(batch_ids, pad_token_id(tokenizer), model.device)
+    return generate_batch(model, tokenizer, input_ids, attention_mask, config, seeds=seeds,
+                          segment_rules=segment_rules, token_budget=token_budget,
+                          logits_processor=logits_processor)
+
+
+def pad_token_id(tokenizer) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
-    batch_ids = encode_prompts(tokenizer, prompts, template_kwargs)
+    return int(pad_id)
+
+
+def generate_batch(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: DecodeConfig,
+    *,
+    seeds: Sequence[int] | None = None,
+    segment_rules: SegmentRules = GENERIC,
+    cache: Any = None,
+    token_budget: Sequence[int] | None = None,
+    logits_processor: Sequence = (),
+) -> GenerationOutput:
+    """The one ``model.generate`` call, on a prepared left-padded batch ``(B, L)``.
+
+    ``cache`` must hold exactly the first ``cache.get_seq_length() < L`` columns of
+    ``input_ids`` (build it with :func:`tje_hf.kvcache.plan_reuse`); it is extended in place and
+    returned in ``GenerationOutput.cache``.
+    """
+    device = model.device
+    B, L = input_ids.shape
+    if cache is not None and not 0 <= cache.get_seq_length() < L:
+        raise ValueError(f"the cache holds {cache.get_seq_length()} positions; it must hold fewer than the "
+                         f"{L} input positions (generate would silently recompute on top of it)")
+    prompt_lengths = attention_mask.sum(-1).tolist()
     context = getattr(model.config, "max_position_embeddings", None)
-    longest = max(len(ids) for ids in batch_ids)
+    longest = max(prompt_lengths)
     if context is not None and longest >= context:
         raise PromptTooLongError(f"prompt of {longest} tokens does not fit the model's context of {context} tokens")
     max_new = config.max_new_tokens
     if context is not None and longest + max_new > context:
         max_new = context - longest  # the context, not max_new_tokens, is the binding limit
-    input_ids, attention_mask = left_pad(batch_ids, pad_id, device)
-    B, L = input_ids.shape
     if seeds is None:
         seeds = [derive_seed(config.seed, row) for row in range(B)]
     if len(seeds) != B:
         raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
 
     sig = config.signals
-    eos_ids = eos_token_ids(model, tokenizer)
-    tracker = EntropyTracker(B, max_new, sig.ks, eos_ids, device, segment_rules=segment_rules,
-                             trace=sig.trace, trace_alternatives=sig.trace_alternatives)
+    tracker = EntropyTracker(B, max_new, sig.ks, eos_token_ids(model, tokenizer), device,
+                             segment_rules=segment_rules, trace=sig.trace,
+                             trace_alternatives=sig.trace_alternatives)
     processors = LogitsProcessorList(list(logits_processor))
     if config.temperature > 0:
         processors.append(TemperatureLogitsWarper(config.temperature))
@@ -284,7 +322,7 @@ def generate_with_entropy(
     if budget is not None:
         criteria.append(TokenBudgetStop(tracker, torch.as_tensor(budget, device=device)))
 
-    gen_config = build_generation_config(model, config, max_new, pad_id)
+    gen_config = build_generation_config(model, config, max_new, pad_token_id(tokenizer))
     kwargs = {}
     if cache is not None:
         kwargs[cache_kwarg(model)] = cache
@@ -296,7 +334,7 @@ def generate_with_entropy(
     tracker.finalize(out.sequences, L)
     _sync(device)
     wall = time.perf_counter() - start
-    results = _collect(tracker, tokenizer, out.sequences, L, batch_ids)
+    results = _collect(tracker, tokenizer, out.sequences, L, prompt_lengths)
     total = sum(r.n_generated for r in results)
     return GenerationOutput(results=results, columns=tracker.columns, wall_time_s=wall,
                             tokens_per_s=total / wall if wall > 0 else float("nan"),
@@ -304,7 +342,7 @@ def generate_with_entropy(
 
 
 def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int,
-             batch_ids: list[list[int]]) -> list[SequenceResult]:
+             prompt_lengths: list[int]) -> list[SequenceResult]:
     """Read the tracker's state to the host, once, and build the per-sequence results."""
     sums = tracker.sums.cpu().numpy()
     counts = tracker.counts.cpu().numpy()
@@ -332,7 +370,7 @@ def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int
             stop_reason=STOP_REASONS[codes[row]],
             means=means,
             counts={seg: int(counts[row, s]) for s, seg in enumerate(SEGMENTS)},
-            prompt_tokens=len(batch_ids[row]),
+            prompt_tokens=int(prompt_lengths[row]),
             n_invalid=invalid[row],
             trace=trace[row, :n].copy() if trace is not None else None,
             segments=segs[row, :n].copy() if segs is not None else None,

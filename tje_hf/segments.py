@@ -2,8 +2,8 @@
 
 A family (``tje_hf/families.py``) describes where its reasoning ends and its answer begins as a
 few transitions ``(state, token id) -> state``. The same machine runs inside the tracker during
-decoding (vectorised over the batch, on the device, no host sync) and over a finished sequence
-on the host, so the two always agree.
+decoding (vectorised over the batch, on the device, no host sync) and, as the same rules in plain
+Python, over a finished sequence on the host (:func:`segment_labels`); the tests check they agree.
 
 Each generated token gets one class: ``REASONING``, ``ANSWER`` or ``HEADER``. A token that fires
 a transition (a channel marker, ``</think>``, an end-of-turn token) is ``HEADER``; any other token
@@ -71,11 +71,26 @@ class SegmentMachine:
 
 
 def segment_labels(rules: SegmentRules, token_ids: list[int]) -> list[int]:
-    """The class of every token of one generated sequence (host-side, same machine as decoding)."""
-    machine = SegmentMachine(rules, "cpu")
-    state = machine.initial_state(1)
+    """The class of every token of one generated sequence, on the host.
+
+    Plain Python with exactly the semantics of :meth:`SegmentMachine.step` (rules tried in
+    order, the first whose state and token match fires; a firing token or a token read in a
+    header state is ``HEADER``): about a thousand times faster than stepping the tensor machine
+    token by token, which matters for long reasoning traces. The tests check both agree.
+    """
+    by_token: dict[int, list[tuple[int, int]]] = {}
+    for from_state, token, to_state in rules.transitions:
+        by_token.setdefault(int(token), []).append((from_state, to_state))
+    state = rules.initial
     labels = []
     for tok in token_ids:
-        cls, state = machine.step(state, torch.tensor([tok]))
-        labels.append(int(cls[0]))
+        fired = False
+        for from_state, to_state in by_token.get(int(tok), ()):
+            if from_state == state or from_state == -1:
+                labels.append(HEADER)
+                state = to_state
+                fired = True
+                break
+        if not fired:
+            labels.append(HEADER if state in (HEADER, HEADER_ANSWER) else state)
     return labels

@@ -53,6 +53,11 @@ HIGHER_IS_UNCERTAIN = {
 DEFAULT_KS = (5, 10, 15, 20)
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Float32 for every lower precision; float64 input stays float64 (reference computations)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def invalid_rows(logits: torch.Tensor) -> torch.Tensor:
     """``(...)`` bool: rows with a NaN or with no finite logit (no defined distribution)."""
     return torch.isnan(logits).any(-1) | ~torch.isfinite(logits).any(-1)
@@ -87,7 +92,7 @@ def topk_entropy(logits: torch.Tensor, k: int = 20, *, check: bool = True) -> to
     if check:
         _check(logits)
     k = min(k, logits.shape[-1])
-    values = torch.topk(logits, k, dim=-1, sorted=True).values.float()
+    values = _upcast(torch.topk(logits, k, dim=-1, sorted=True).values)
     return _entropy_bits_from_values(values)
 
 
@@ -101,7 +106,7 @@ def topk_entropies(logits: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS, *, ch
     if check:
         _check(logits)
     kmax = min(max(ks), logits.shape[-1])
-    values = torch.topk(logits, kmax, dim=-1, sorted=True).values.float()  # (..., kmax), descending
+    values = _upcast(torch.topk(logits, kmax, dim=-1, sorted=True).values)  # (..., kmax), descending
     return topk_entropies_from_sorted(values, ks)
 
 
@@ -114,7 +119,7 @@ def full_entropy(logits: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """Shannon entropy of the full-vocabulary softmax in bits, ``(..., V) -> (...)``. Higher = more uncertain."""
     if check:
         _check(logits)
-    return _entropy_bits_from_values(logits.float())
+    return _entropy_bits_from_values(_upcast(logits))
 
 
 def deepconf_confidence(logits: torch.Tensor, k: int = 20, *, check: bool = True) -> torch.Tensor:
@@ -125,7 +130,7 @@ def deepconf_confidence(logits: torch.Tensor, k: int = 20, *, check: bool = True
     """
     if check:
         _check(logits)
-    x = logits.float()
+    x = _upcast(logits)
     lse = torch.logsumexp(x, dim=-1)
     values = torch.topk(x, min(k, x.shape[-1]), dim=-1).values
     return _deepconf_from_values(values, lse)
@@ -145,7 +150,7 @@ def self_certainty(logits: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """
     if check:
         _check(logits)
-    x = logits.float()
+    x = _upcast(logits)
     lse = torch.logsumexp(x, dim=-1)
     return _self_certainty_from(x, lse)
 
@@ -161,7 +166,7 @@ def token_logprob(logits: torch.Tensor, token_ids: torch.Tensor, *, check: bool 
     """Log-probability (nats) of ``token_ids`` ``(...)`` under the full softmax of ``logits`` ``(..., V)``."""
     if check:
         _check(logits)
-    x = logits.float()
+    x = _upcast(logits)
     return x.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
@@ -173,16 +178,18 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20)
     plus ``top_values``/``top_ids`` ``(..., kmax)`` for callers that keep alternatives. Rows flagged
     by :func:`invalid_rows` hold NaN.
     """
-    x = logits.float()
+    x = _upcast(logits)
     kmax = min(max(max(ks), deepconf_k), x.shape[-1])
     top = torch.topk(x, kmax, dim=-1, sorted=True)
     lse = torch.logsumexp(x, dim=-1)
-    p = torch.exp(x - lse.unsqueeze(-1))
-    # sum p*x over finite entries; masked entries have p = 0 but x = -inf.
-    px = torch.where(p > 0, p * x, torch.zeros_like(p)).sum(-1)
+    logp = x - lse.unsqueeze(-1)
+    p = torch.exp(logp)
+    # -sum p log p over finite entries (masked entries have p = 0 and log p = -inf); summing
+    # p * log p directly is more accurate in float32 than lse - sum p * x, which cancels.
+    plogp = torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
     out = {
         "topk_entropy": topk_entropies_from_sorted(top.values, ks),
-        "full_entropy": (lse - px) * LOG2E,
+        "full_entropy": -plogp * LOG2E,
         "deepconf_confidence": _deepconf_from_values(top.values[..., :deepconf_k], lse),
         "self_certainty": _self_certainty_from(x, lse),
         "lse": lse,

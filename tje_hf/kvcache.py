@@ -1,0 +1,192 @@
+"""KV-cache reuse between refinement steps: a cache always travels with the tokens it holds.
+
+Transformers does not check that a cache passed to ``generate`` holds a prefix of the new input:
+a cache that covers all of the input, or more, or one already extended by another branch,
+silently gives wrong logits. So a cache here is only ever used through :class:`CachedPrefix`,
+which keeps beside it the ``(B, P)`` token layout (ids and padding mask) whose keys and values it
+holds, and :func:`plan_reuse`, which builds the next step's input from it.
+
+The plan for a batch of next prompts ``new[b]`` (unpadded token lists):
+
+1. per row, the longest common prefix ``lcp[b]`` of the row's cached tokens and ``new[b]``;
+2. the shared prefill width ``R = max_b (len(new[b]) - lcp[b])`` (at least 1: ``generate`` must
+   always see one new token), and ``T = max_b len(new[b])``;
+3. every row is laid out left-padded to ``T`` exactly as a fresh batch would be; the cache is
+   rebuilt (:func:`compact`) to hold, per row, its first ``len(new[b]) - R`` tokens, right-aligned
+   in ``T - R`` columns. Keys keep the rotary positions they were computed at (their token index),
+   and the layout has no padding in the middle, so sliding-window layers see the same window as
+   a fresh prefill.
+
+Rows whose reusable prefix is longer than the batch needs recompute ``R - (len(new[b]) - lcp[b])``
+tokens; with a batch of one, or equal remainders, ``prefilled = len(new) - lcp`` exactly.
+Sliding-window layers must have recorded their past (``activate_past_recording``, done by
+:func:`new_cache`); where a needed state is gone, the plan says ``fresh`` and nothing is reused.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+try:  # the cache classes moved between releases; 5.x keeps them here
+    from transformers.cache_utils import Cache, DynamicCache
+except ImportError:  # pragma: no cover - very old transformers
+    from transformers import Cache, DynamicCache
+
+
+def new_cache(model) -> Cache:
+    """An empty dynamic cache for ``model`` whose sliding-window layers keep their past, so that
+    the cache can later be cut back to any prefix."""
+    cache = DynamicCache(config=model.config)
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+    return cache
+
+
+def fork(cache: Cache) -> Cache:
+    """An independent copy: ``generate`` extends the cache it is given in place, so branching two
+    continuations from one prefix needs one copy per branch."""
+    return copy.deepcopy(cache)
+
+
+@dataclass
+class CachedPrefix:
+    """A KV cache and the ``(B, P)`` layout of the tokens it holds (``P`` = cache length).
+
+    ``ids`` are token ids (padding included), ``mask`` is 1 for real tokens and 0 for padding.
+    """
+
+    cache: Cache
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self):
+        if self.ids.shape != self.mask.shape:
+            raise ValueError(f"ids {tuple(self.ids.shape)} and mask {tuple(self.mask.shape)} differ in shape")
+        held = self.cache.get_seq_length()
+        if held != self.ids.shape[1]:
+            raise ValueError(f"the cache holds {held} positions but the layout has {self.ids.shape[1]}")
+
+    def row_tokens(self, row: int) -> list[int]:
+        return self.ids[row][self.mask[row].bool()].tolist()
+
+    @staticmethod
+    def after_generate(cache: Cache, sequences: torch.Tensor, prompt_mask: torch.Tensor,
+                       n_generated: list[int]) -> CachedPrefix:
+        """The prefix a ``generate`` call leaves: ``sequences`` ``(B, L + n)`` minus the last token,
+        which was sampled but never fed through the model. Tokens after a row's end (padding
+        after its EOS) are masked out."""
+        B, total = sequences.shape
+        L = prompt_mask.shape[1]
+        gen_mask = torch.zeros(B, total - L, dtype=prompt_mask.dtype, device=prompt_mask.device)
+        for row, n in enumerate(n_generated):
+            gen_mask[row, :n] = 1
+        mask = torch.cat([prompt_mask, gen_mask], dim=1)
+        P = cache.get_seq_length()
+        return CachedPrefix(cache, sequences[:, :P], mask[:, :P])
+
+
+@dataclass
+class ReusePlan:
+    """How to run the next step. ``input_ids``/``attention_mask`` ``(B, T)`` left-padded;
+    ``cache`` holds the first ``T - prefill_width`` columns (None: prefill everything)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cache: Cache | None
+    reused: list[int]  # tokens per row taken from the cache
+    prefilled: list[int]  # tokens per row computed now (= len(new) - reused)
+    common_prefix: list[int]  # the LCP of each row's cached tokens and its new prompt
+    mode: str  # "reused" | "fresh" | "none"
+
+
+def longest_common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _left_pad(rows: list[list[int]], T: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, row in enumerate(rows):
+        if row:
+            ids[b, T - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[b, T - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def plan_reuse(prefix: CachedPrefix | None, new: list[list[int]], pad_id: int, device,
+               rows: list[int] | None = None) -> ReusePlan:
+    """Plan the next step for prompts ``new`` (row ``b`` continues ``prefix`` row ``rows[b]``).
+
+    ``prefix`` is consumed: its cache is rebuilt in place of the old one. ``prefix=None`` plans a
+    plain prefill with no cache.
+    """
+    T = max(len(x) for x in new)
+    ids, mask = _left_pad(new, T, pad_id, device)
+    if prefix is None:
+        return ReusePlan(ids, mask, None, [0] * len(new), [len(x) for x in new], [0] * len(new), "none")
+    rows = list(range(len(new))) if rows is None else rows
+    if len(rows) != len(new):
+        raise ValueError(f"{len(new)} new prompts but {len(rows)} source rows")
+    lcp = [longest_common_prefix(prefix.row_tokens(r), x) for r, x in zip(rows, new, strict=True)]
+    R = max(max(len(x) - c for x, c in zip(new, lcp, strict=True)), 1)
+    keep = [max(len(x) - R, 0) for x in new]
+    if T - R == 0 or not any(keep):
+        return ReusePlan(ids, mask, None, [0] * len(new), [len(x) for x in new], lcp, "fresh")
+    cache = compact(prefix, rows, keep, T - R)
+    if cache is None:
+        return ReusePlan(ids, mask, None, [0] * len(new), [len(x) for x in new], lcp, "fresh")
+    return ReusePlan(ids, mask, cache, keep, [len(x) - k for x, k in zip(new, keep, strict=True)], lcp, "reused")
+
+
+def compact(prefix: CachedPrefix, rows: list[int], keep: list[int], width: int) -> Cache | None:
+    """Rebuild ``prefix.cache`` so that row ``b`` holds the first ``keep[b]`` real tokens of source
+    row ``rows[b]``, right-aligned in ``width`` columns (left padding, none in the middle).
+
+    Works on every ``DynamicCache`` layer: full layers keep all columns; sliding-window layers
+    keep the last ``window - 1``. Returns None when a needed state is no longer held (a sliding
+    layer that did not record its past), so the caller must prefill from scratch.
+    """
+    cache = prefix.cache
+    P = prefix.ids.shape[1]
+    device = prefix.ids.device
+    # Column (in the old layout) of each real token, per source row.
+    src_cols = []
+    for r, k in zip(rows, keep, strict=True):
+        cols = torch.nonzero(prefix.mask[r].bool(), as_tuple=False).squeeze(-1)[:k]
+        if len(cols) < k:
+            raise ValueError(f"row {r} holds {len(cols)} cached tokens, {k} asked for")
+        src_cols.append(cols)
+    # gather[b, j] = old column for new column j (or -1 for padding)
+    gather = torch.full((len(rows), width), -1, dtype=torch.long, device=device)
+    for b, cols in enumerate(src_cols):
+        if len(cols):
+            gather[b, width - len(cols):] = cols.to(device)
+    src_rows = torch.tensor(rows, dtype=torch.long, device=device)
+    for layer in cache.layers:
+        keys, values = layer.keys, layer.values  # (B_old, H, held, D)
+        if keys is None or not torch.is_tensor(keys) or keys.numel() == 0:
+            continue
+        held = keys.shape[-2]
+        offset = P - held  # the layer holds old columns [offset, P)
+        sliding = getattr(layer, "is_sliding", False)
+        need = gather if not sliding else gather[:, max(width - (layer.sliding_window - 1), 0):]
+        real = need >= 0
+        if bool((real & (need < offset)).any()):
+            return None  # a needed state was dropped by the sliding window
+        idx = (need - offset).clamp(min=0)  # (B, w)
+        k = keys.index_select(0, src_rows.to(keys.device))
+        v = values.index_select(0, src_rows.to(values.device))
+        idx4 = idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1]).to(k.device)
+        real4 = real[:, None, :, None].to(k.device)
+        layer.keys = torch.where(real4, k.gather(2, idx4), torch.zeros((), dtype=k.dtype, device=k.device))
+        layer.values = torch.where(real4, v.gather(2, idx4), torch.zeros((), dtype=v.dtype, device=v.device))
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = width
+    return cache
