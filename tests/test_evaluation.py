@@ -1,0 +1,371 @@
+"""Evaluation of the gate (METHOD.md sections 4-5) on a hand-built run whose every number is worked
+out in the comments: accuracies, Thresh Acc, savings, oracle, separation (against scipy and a direct
+pairwise count), few-shot protocol, top-k ablation, persistence, token budget."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tje_hf.calibration import calibrate
+from tje_hf.evaluation import (
+    auroc,
+    auroc_ci,
+    budget_curves,
+    budget_point,
+    default_budgets,
+    evaluate_run,
+    few_shot,
+    few_shot_sizes,
+    gate,
+    gated_schedule,
+    oracle,
+    persistence,
+    run_table,
+    separation,
+    tau_sweep,
+    topk_ablation,
+    uniform_schedule,
+)
+from tje_hf.records import read_records
+
+# The hand-built run: 6 problems, 3 steps. H = topk_entropy@20 (bits) per step; correct None = unparseable.
+#
+#   problem  H1   H2   H3   correct (s1, s2, s3)   tokens (s1, s2, s3)   all steps
+#   a        0.5  0.4  0.3  T  T  T                100  50   50          200
+#   b        1.0  0.6  0.5  T  T  T                200  100  100         400
+#   c        1.5  2.0  1.0  T  F  F                100  100  100         300
+#   d        2.0  2.1  0.7  F  T  T                300  100  100         500
+#   e        2.5  1.9  0.9  F  F  T                100  100  100         300
+#   f        3.0  2.2  1.2  -  F  F                100  100  100         300
+#                                                                        ----
+#                                                                        2000
+# step-1 accuracy 3/6 (f is unparseable: incorrect); 3-step accuracy (a, b, d, e) 4/6.
+# topk_entropy@5 at step 1 (for the ablation): a 0.5, b 1.2, c 0.9, d 1.0, e 0.4, f 1.1.
+HAND = {
+    "a": ((0.5, 0.4, 0.3), (True, True, True), (100, 50, 50), 0.5),
+    "b": ((1.0, 0.6, 0.5), (True, True, True), (200, 100, 100), 1.2),
+    "c": ((1.5, 2.0, 1.0), (True, False, False), (100, 100, 100), 0.9),
+    "d": ((2.0, 2.1, 0.7), (False, True, True), (300, 100, 100), 1.0),
+    "e": ((2.5, 1.9, 0.9), (False, False, True), (100, 100, 100), 0.4),
+    "f": ((3.0, 2.2, 1.2), (None, False, False), (100, 100, 100), 1.1),
+}
+
+
+def make_record(index: int, pid: str, hs, corrects, tokens, h5_step1: float | None = None) -> dict:
+    """One record as docs/FORMAT.md describes it (schema 1)."""
+    steps = []
+    for k, (h, ok, n) in enumerate(zip(hs, corrects, tokens, strict=True), start=1):
+        sig = {"topk_entropy@20": h, "topk_entropy@5": h5_step1 if k == 1 and h5_step1 is not None else h / 2,
+               "full_entropy": 2 * h, "deepconf_confidence": 10 - h, "self_certainty": 5 - h, "token_logprob": -h}
+        steps.append({
+            "step": k, "seed": 1000 * index + k, "text": "...", "answer_text": "...",
+            "answer": None if ok is None else "42", "correct": ok,
+            "grade_reason": "unparseable" if ok is None else ("match" if ok else "mismatch"),
+            "n_generated": n, "prompt_tokens": 50, "prefilled_tokens": 50, "reused_tokens": 0,
+            "cache": "none", "stop_reason": "eos", "wall_time_s": 0.5,
+            "signals": {"all": sig, "reasoning": sig, "answer": sig}, "counts": {"all": n, "reasoning": n - 5,
+                                                                                  "answer": 5},
+            "n_invalid": 0, "trace": None})
+    return {"schema": 1, "config_hash": "0123456789abcdef", "problem_id": pid, "index": index, "task": "arith",
+            "gold": "42", "model": "test/model-a", "model_revision": "local", "family": "generic",
+            "prompt_hash": "feedfacefeedface", "policy": "all", "n_steps": len(steps), "steps": steps,
+            "finished_at": "2025-01-01T00:00:00Z"}
+
+
+def hand_records() -> list[dict]:
+    return [make_record(j, pid, *row) for j, (pid, row) in enumerate(HAND.items())]
+
+
+def write_run(run_dir: Path, records: list[dict], model: str = "test/model-a", task: str = "arith") -> Path:
+    """A run directory as records.RunDir writes it: config.json and records.jsonl, written with json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model": {"name_or_path": model}, "task": {"name": task}, "refine": {"steps": 3, "policy": "all"}}
+    (run_dir / "config.json").write_text(json.dumps({"schema": 1, "config_hash": "0123456789abcdef",
+                                                     "config": config}, indent=2))
+    with open(run_dir / "records.jsonl", "w") as f:
+        f.writelines(json.dumps(r, allow_nan=True, separators=(",", ":")) + "\n" for r in records)
+    return run_dir
+
+
+@pytest.fixture
+def hand_run(tmp_path) -> list[dict]:
+    """The hand-built records, through a run directory on disk and records.read_records."""
+    return read_records(write_run(tmp_path / "run", hand_records()))
+
+
+@pytest.fixture
+def table(hand_run):
+    return run_table(hand_run)
+
+
+def test_run_table_reads_every_step(table):
+    assert table.problem_ids == ("a", "b", "c", "d", "e", "f")
+    assert (table.n_problems, table.n_steps) == (6, 3)
+    assert table.h1.tolist() == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert table.correct[:, 0].tolist() == [True, True, True, False, False, False]
+    assert table.tokens.sum() == 2000
+
+
+# tau, stopped, Thresh Acc (count of 6), savings: the cost with problems a.. stopped at step 1 is
+#   tau -inf: none stopped                 cost 2000                        Thresh Acc = 3-step = 4/6
+#   tau 1.0:  a, b stopped                 100 + 200 + 300 + 500 + 300 + 300 = 1700, savings 0.15
+#             answers a T, b T (step 1) + c F, d T, e T, f F (step 3) = 4/6
+#   tau 1.5:  + c (step-1 answer T)        1700 - 300 + 100 = 1500, savings 0.25, Thresh Acc 5/6
+#   tau 2.0:  + d (step-1 answer F)        1500 - 500 + 300 = 1300, savings 0.35, Thresh Acc 4/6
+#   tau 2.5:  + e (step-1 answer F)        1300 - 300 + 100 = 1100, savings 0.45, Thresh Acc 3/6
+#   tau 3.0:  + f (unparseable)            1100 - 300 + 100 = 900,  savings 0.55, Thresh Acc 3/6
+@pytest.mark.parametrize(("tau", "n_stopped", "n_right", "savings", "stopped_acc"), [
+    (-math.inf, 0, 4, 0.0, math.nan),
+    (1.0, 2, 4, 0.15, 1.0),
+    (1.2, 2, 4, 0.15, 1.0),
+    (1.5, 3, 5, 0.25, 1.0),
+    (2.0, 4, 4, 0.35, 3 / 4),
+    (2.5, 5, 3, 0.45, 3 / 5),
+    (3.0, 6, 3, 0.55, 3 / 6),
+])
+def test_gate_by_hand(table, tau, n_stopped, n_right, savings, stopped_acc):
+    g = gate(table, tau)
+    assert g.n_stopped == n_stopped and g.fraction_stopped == n_stopped / 6
+    assert g.thresh_acc == n_right / 6
+    assert g.n_step_acc == 4 / 6
+    assert g.acc_diff == (n_right - 4) / 6
+    assert g.savings == pytest.approx(savings, abs=1e-12)
+    assert (math.isnan(g.stopped_acc) and math.isnan(stopped_acc)) or g.stopped_acc == stopped_acc
+
+
+def test_oracle_and_sweep_by_hand(table):
+    sweep = tau_sweep(table)
+    assert [g.tau for g in sweep] == [-math.inf, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    # tau 0.5 stops a only: cost 2000 - 200 + 100 = 1900, savings 0.05, Thresh Acc 4/6.
+    assert sweep[1].savings == pytest.approx(0.05)
+    o = oracle(table)
+    # No loss (Thresh Acc >= 4/6): tau -inf, 0.5, 1.0, 1.5, 2.0; most savings at tau 2.0 (0.35).
+    assert o.no_loss.tau == 2.0 and o.no_loss.savings == pytest.approx(0.35) and o.no_loss.acc_diff == 0
+    # Best Thresh Acc: 5/6 at tau 1.5 only.
+    assert o.best_acc.tau == 1.5 and o.best_acc.thresh_acc == 5 / 6
+
+
+def test_separation_by_hand(table):
+    # correct [0.5, 1.0, 1.5]: mean 1, var 0.25; incorrect [2.0, 2.5, 3.0]: mean 2.5, var 0.25
+    # s_p = 0.5, d = 1.5 / 0.5 = 3
+    # Welch t = (2.5 - 1) / sqrt(0.25/3 + 0.25/3) = 1.5 / 0.4082483 = 3.6742346
+    # Welch df = (0.25/3 + 0.25/3)^2 / ((0.25/3)^2 / 2 + (0.25/3)^2 / 2) = 4
+    sep = separation(table.h1, table.correct[:, 0])
+    assert (sep.n_c, sep.n_i) == (3, 3)
+    assert sep.cohens_d == pytest.approx(3.0)
+    assert sep.welch_t == pytest.approx(3.6742346, abs=1e-7)
+    assert sep.welch_p == pytest.approx(2 * stats.t.sf(3.6742346, 4), rel=1e-6)
+    assert sep.welch_p == pytest.approx(stats.ttest_ind([2.0, 2.5, 3.0], [0.5, 1.0, 1.5], equal_var=False).pvalue)
+    # Perfect separation: U = 3 * 3 = 9; exact two-sided p = 2 / C(6, 3) = 2 / 20 = 0.1
+    assert sep.mannwhitney_u == 9.0 and sep.mannwhitney_p == pytest.approx(0.1)
+    assert sep.auroc == 1.0 and (sep.auroc_low, sep.auroc_high) == (1.0, 1.0)
+
+
+def test_separation_against_scipy_on_random_data():
+    rng = np.random.default_rng(7)
+    v = np.round(rng.normal(1.5, 0.6, 40), 1)  # rounded: ties
+    ok = rng.random(40) < 0.5
+    sep = separation(v, ok, n_boot=200)
+    t = stats.ttest_ind(v[~ok], v[ok], equal_var=False)
+    u = stats.mannwhitneyu(v[~ok], v[ok], alternative="two-sided")
+    assert (sep.welch_t, sep.welch_p) == pytest.approx((t.statistic, t.pvalue))
+    assert (sep.mannwhitney_u, sep.mannwhitney_p) == pytest.approx((u.statistic, u.pvalue))
+    assert sep.auroc == pytest.approx(u.statistic / (ok.sum() * (~ok).sum()))
+    assert sep.auroc_low <= sep.auroc <= sep.auroc_high
+
+
+def test_auroc_is_the_pairwise_probability_with_half_ties():
+    rng = np.random.default_rng(11)
+    scores = rng.integers(0, 6, 50).astype(float)  # many ties
+    pos = rng.random(50) < 0.4
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p, n in product(scores[pos], scores[~pos])]
+    assert auroc(scores, pos) == pytest.approx(sum(pairs) / len(pairs), abs=1e-12)
+    # By hand: positives [2, 1], negatives [1, 0]: pairs 2>1, 2>0, 1=1 (1/2), 1>0 -> 3.5 / 4 = 0.875
+    assert auroc([2.0, 1.0, 1.0, 0.0], [True, True, False, False]) == 0.875
+    assert math.isnan(auroc([1.0, 2.0], [True, True]))
+
+
+def test_auroc_ci_is_seeded_and_checks_its_arguments():
+    rng = np.random.default_rng(5)
+    v, pos = rng.normal(0, 1, 30), rng.random(30) < 0.5
+    v[pos] += 1
+    assert auroc_ci(v, pos, 300, seed=1) == auroc_ci(v, pos, 300, seed=1)
+    assert auroc_ci(v, pos, 300, seed=1) != auroc_ci(v, pos, 300, seed=2)
+    lo, hi = auroc_ci(v, pos, 300, level=0.5, seed=1)
+    lo95, hi95 = auroc_ci(v, pos, 300, level=0.95, seed=1)
+    assert lo95 <= lo <= auroc(v, pos) <= hi <= hi95
+    with pytest.raises(ValueError, match="level=1.5"):
+        auroc_ci(v, pos, level=1.5)
+
+
+def test_persistence_by_hand(table):
+    # step 2: correct (a, b, d) [0.4, 0.6, 2.1], incorrect (c, e, f) [2.0, 1.9, 2.2]
+    #   incorrect > correct pairs: 2.0 > 0.4, 0.6 (2); 1.9 > 0.4, 0.6 (2); 2.2 > all three (3): 7 / 9
+    # step 3: correct (a, b, d, e) [0.3, 0.5, 0.7, 0.9], incorrect (c, f) [1.0, 1.2]: 8 / 8 = 1
+    seps = persistence(table, n_boot=100)
+    assert [s.auroc for s in seps] == pytest.approx([1.0, 7 / 9, 1.0])
+    assert [(s.n_c, s.n_i) for s in seps] == [(3, 3), (3, 3), (4, 2)]
+
+
+def test_topk_ablation_by_hand(hand_run):
+    # k = 5: correct [0.5, 1.2, 0.9], incorrect [1.0, 0.4, 1.1]
+    #   1.0 > 0.5, 0.9 (2); 0.4 > none (0); 1.1 > 0.5, 0.9 (2): AUROC 4 / 9
+    ab = topk_ablation(hand_run, n_boot=100)
+    assert list(ab) == [5, 20]
+    assert ab[5].auroc == pytest.approx(4 / 9) and ab[20].auroc == 1.0
+
+
+# Token budget with tau = 1.5: a, b, c stop; the others, most uncertain first: f (3.0), e (2.5), d (2.0).
+#   alpha  extra calls     answers (a b c | d e f)             acc  calls  tokens
+#   6      none            T T T | F  F  -   (all step 1)       3/6  6      900
+#   8      f +2            T T T | F  F  F(s3)                  3/6  8      900 + 200 = 1100
+#   9      f +2, e +1      T T T | F  F(s2) F                   3/6  9      1100 + 100 = 1200
+#   10     f +2, e +2      T T T | F  T(s3) F                   4/6  10     1300
+#   12     f, e, d +2      T T T | T(s3) T F                    5/6  12     1500
+#   18     as 12 (nothing left to give)                         5/6  12     1500
+# Uniform: alpha 6..11 -> 1 step each (3/6, 900 tokens); 12..17 -> 2 steps: step-2 answers
+#   T T F T F F = 3/6, tokens 150 + 300 + 200 + 400 + 200 + 200 = 1450; 18 -> 3 steps: 4/6, 2000 tokens.
+@pytest.mark.parametrize(("alpha", "acc", "calls", "tokens"), [
+    (6, 3, 6, 900), (8, 3, 8, 1100), (9, 3, 9, 1200), (10, 4, 10, 1300), (12, 5, 12, 1500), (18, 5, 12, 1500)])
+def test_gated_budget_by_hand(table, alpha, acc, calls, tokens):
+    p = budget_point(table, gated_schedule(table, 1.5, alpha), alpha, beta=300)
+    assert (p.accuracy, p.calls, p.tokens) == (acc / 6, calls, tokens)
+
+
+@pytest.mark.parametrize(("alpha", "acc", "calls", "tokens"), [
+    (6, 3, 6, 900), (11, 3, 6, 900), (12, 3, 12, 1450), (17, 3, 12, 1450), (18, 4, 18, 2000)])
+def test_uniform_budget_by_hand(table, alpha, acc, calls, tokens):
+    p = budget_point(table, uniform_schedule(table, alpha), alpha, beta=300)
+    assert (p.accuracy, p.calls, p.tokens) == (acc / 6, calls, tokens)
+
+
+def test_budget_curves_never_exceed_the_budget(table):
+    # Q = 6, N = 3: round(6 * (1 + j/4)) for j = 0..8 = 6, 7.5 -> 8, 9, 10.5 -> 10, 12, 13.5 -> 14, 15, 16.5 -> 16, 18
+    assert default_budgets(6, 3) == (6, 8, 9, 10, 12, 14, 15, 16, 18)
+    taus = {"low": 0.7, "mid": 1.5, "never": -math.inf, "always": 5.0}
+    curves = budget_curves(table, taus)
+    assert curves.beta == 300  # the longest recorded call
+    for points in [curves.uniform, *curves.gated.values()]:
+        for p in points:
+            assert p.calls <= p.alpha and p.tokens <= p.alpha * curves.beta
+    # Never stopping at full budget is the 3-step schedule; always stopping is step 1 at any budget.
+    assert curves.gated["never"][-1].accuracy == curves.uniform[-1].accuracy == 4 / 6
+    assert {p.accuracy for p in curves.gated["always"]} == {3 / 6}
+    assert curves.gated["mid"][3].accuracy == 4 / 6  # alpha 10, as in the table above
+
+
+def test_budget_errors(table):
+    with pytest.raises(ValueError, match="alpha=5 calls is below one call for each of the 6"):
+        gated_schedule(table, 1.5, 5)
+    with pytest.raises(ValueError, match="beta=200 tokens is below the longest recorded call"):
+        budget_curves(table, {"x": 1.5}, beta=200)
+    with pytest.raises(RuntimeError, match="over budget: 18 calls"):
+        budget_point(table, np.full(6, 3), 12, beta=300)
+
+
+def test_few_shot_sizes():
+    assert few_shot_sizes(5) == ()
+    assert few_shot_sizes(6) == (5,)
+    assert few_shot_sizes(41) == (5, 10, 20, 40)
+    assert few_shot_sizes(40) == (5, 10, 20)
+
+
+def test_few_shot_calibrates_on_the_draw_and_evaluates_on_the_rest(table):
+    (size,) = few_shot(table, sizes=(4,), n_draws=1, seed=3)
+    # The same draw by hand: default_rng([seed, n]), 4 of the 6 problems.
+    idx = np.random.default_rng([3, 4]).choice(np.arange(6), size=4, replace=False)
+    rest = np.setdiff1d(np.arange(6), idx)
+    cal = calibrate(table.h1[idx], table.correct[idx, 0])
+    assert (size.n, size.n_draws, size.n_eval) == (4, 1, 2)
+    for m, tau in cal.thresholds().items():
+        g = gate(table.subset(rest), tau)
+        f = size.methods[m]
+        assert f.mean_tau == tau and f.std_tau == 0
+        assert (f.mean_stopped, f.mean_thresh_acc, f.mean_savings) == (g.fraction_stopped, g.thresh_acc, g.savings)
+
+
+def test_few_shot_is_seeded(table):
+    a = few_shot(table, sizes=(3, 5), n_draws=20, seed=0)
+    assert a == few_shot(table, sizes=(3, 5), n_draws=20, seed=0)
+    assert a[0] == few_shot(table, sizes=(3,), n_draws=20, seed=0)[0]  # one size does not depend on the others
+    assert a != few_shot(table, sizes=(3, 5), n_draws=20, seed=1)
+    with pytest.raises(ValueError, match="n=6 must be in"):
+        few_shot(table, sizes=(6,))
+
+
+def test_few_shot_counts_single_class_draws():
+    recs = [make_record(j, f"p{j}", (0.2 * j + 0.1, 1.0), (True, True), (10, 10)) for j in range(8)]
+    (size,) = few_shot(run_table(recs), sizes=(5,), n_draws=10)
+    assert (size.n_all_correct, size.n_all_incorrect) == (10, 0)
+    assert size.methods["mean"].n_fallback == 0 and size.methods["bayes"].n_fallback == 10
+    recs = [make_record(j, f"p{j}", (0.2 * j + 0.1, 1.0), (False, True), (10, 10)) for j in range(8)]
+    (size,) = few_shot(run_table(recs), sizes=(5,), n_draws=10)
+    assert (size.n_all_correct, size.n_all_incorrect) == (0, 10)
+    f = size.methods["info"]
+    assert f.n_finite_tau == 0 and math.isnan(f.mean_tau)
+    assert (f.mean_stopped, f.mean_savings, f.no_loss_fraction) == (0.0, 0.0, 1.0)  # tau = -inf: never stops
+
+
+def test_nan_signal_never_stops_and_is_left_out_of_statistics():
+    recs = hand_records()
+    recs[5]["steps"][0]["signals"]["all"]["topk_entropy@20"] = float("nan")  # problem f
+    table = run_table(recs)
+    assert gate(table, 100.0).n_stopped == 5
+    assert separation(table.h1, table.correct[:, 0]).n_excluded == 1
+    # NaN counts as the most uncertain: with tau 1.5 and 2 spare calls, f gets them.
+    assert gated_schedule(table, 1.5, 8).tolist() == [1, 1, 1, 1, 1, 3]
+    res = evaluate_run(recs, n_boot=50, n_draws=5)
+    assert res["n_excluded"] == 1 and res["calibration"]["n_excluded"] == 1
+    assert res["calibration"]["n_i"] == 2
+
+
+def test_run_table_needs_every_step():
+    recs = hand_records()
+    recs[2]["steps"] = recs[2]["steps"][:1]
+    with pytest.raises(ValueError, match="'c' has 1 recorded steps, step 2 asked"):
+        run_table(recs)
+    two = run_table(hand_records(), n_steps=2)
+    assert gate(two, -math.inf).n_step_acc == 3 / 6  # step-2 answers T T F T F F
+
+
+def test_evaluate_run_bundles_everything(hand_run):
+    res = evaluate_run(hand_run, n_boot=200, n_draws=10)
+    json.dumps(res, allow_nan=False)  # JSON-ready: no NaN, no inf
+    assert res["step1_accuracy"] == 0.5 and res["n_step_accuracy"] == 4 / 6
+    cal = res["calibration"]
+    # correct [0.5, 1, 1.5], incorrect [2, 2.5, 3]: mu_c = 1, sigma_c = 0.5, d = 3
+    # tau_info = 1 + 0.5 ln 4 = 1.6931472; tau_bayes (equal variances and priors) = (1 + 2.5)/2 = 1.75
+    # tau_universal = 1 + sqrt 3 / (1 + sqrt 3) * 1.5 * (1 - 0.5) = 1 + 0.6339746 * 0.75 = 1.4754810
+    assert cal["tau_mean"] == 1.0
+    assert cal["tau_info"] == pytest.approx(1.6931472, abs=1e-7)
+    assert cal["tau_bayes"] == pytest.approx(1.75)
+    assert cal["tau_universal"] == pytest.approx(1.4754810, abs=1e-7)
+    # tau 1.0 and 1.475 stop a, b (savings 0.15, Thresh Acc 4/6); 1.693 and 1.75 stop a, b, c (0.25, 5/6)
+    assert res["gate"]["mean"]["savings"] == pytest.approx(0.15)
+    assert res["gate"]["universal"]["thresh_acc"] == 4 / 6
+    assert res["gate"]["bayes"]["savings"] == pytest.approx(0.25) and res["gate"]["info"]["thresh_acc"] == 5 / 6
+    assert res["oracle"]["no_loss"]["tau"] == 2.0 and res["oracle"]["best_acc"]["tau"] == 1.5
+    assert res["sweep"][0]["tau"] is None  # -inf in JSON
+    assert res["separation"]["auroc"] == 1.0
+    assert list(res["topk_ablation"]) == ["5", "20"]
+    assert len(res["persistence"]) == 3 and [f["n"] for f in res["few_shot"]] == [5]
+    assert res["budget"]["budgets"] == [6, 8, 9, 10, 12, 14, 15, 16, 18]
+    assert res == evaluate_run(hand_run, n_boot=200, n_draws=10)  # deterministic
+
+
+def test_confidence_signals_are_negated(hand_run):
+    # deepconf_confidence = 10 - H: negated, it is H - 10, so ranks (and d) are those of H.
+    res = evaluate_run(hand_run, signal="deepconf_confidence", n_boot=50, n_draws=5)
+    assert res["separation"]["auroc"] == 1.0 and res["separation"]["cohens_d"] == pytest.approx(3.0)
+    assert res["calibration"]["tau_mean"] == pytest.approx(1.0 - 10)
+    # The same gate decisions as on H for the shift-equivariant thresholds:
+    assert res["gate"]["bayes"]["savings"] == pytest.approx(0.25)
+    # tau_universal needs a positive mean; the negated confidence has mu_c = -9.
+    assert "mu_c = -9 <= 0" in res["calibration"]["fallbacks"]["universal"]

@@ -1,0 +1,586 @@
+"""Evaluation of the entropy gate on a recorded run (METHOD.md sections 4 and 5): pure numpy/scipy.
+
+What lives here: the per-problem arrays of a run (:class:`RunTable`, :func:`run_table`), the gate
+applied offline (:func:`gate`), the separation of correct and incorrect answers
+(:func:`separation`, :func:`auroc`), the few-shot calibration protocol (:func:`few_shot`), the
+top-k ablation and per-step persistence, the oracle thresholds (:func:`oracle`), the token budget
+framework (:func:`budget_curves`), and :func:`evaluate_run`, which bundles them into one
+JSON-ready dict. What does not: the threshold formulas (``calibration.py``), plots and files
+(``report.py``), reading the run directory (``records.py``).
+
+Conventions, everywhere in this module:
+
+- the signal is oriented so that **higher = more uncertain** (confidences are negated, see
+  :func:`tje_hf.calibration.step_values`); the gate stops after step 1 when ``H1 <= tau``;
+- an unparseable answer (``correct`` null) counts as incorrect;
+- a problem whose step-1 value is NaN (empty segment, signal not computed) is **never stopped**
+  by the gate (it runs all N steps) and is left out of every statistic of the signal itself
+  (calibration, separation); it still counts in the accuracies and token costs;
+- cost is generated tokens (``n_generated``, EOS included): a stopped problem costs its step-1
+  tokens, any other its N steps' tokens;
+- every random draw takes an explicit seed (``numpy.random.default_rng``), so results are
+  reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from .calibration import METHODS, Calibration, calibrate, cohens_d, step_values
+
+IN_SAMPLE_NOTE = ("thresholds calibrated on every problem of the run and applied to the same problems "
+                  "(in-sample); the held-out numbers are in few_shot")
+
+
+# --------------------------------------------------------------------------------------------
+# The run as arrays
+
+
+@dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise: compare the fields instead
+class RunTable:
+    """Per-problem, per-step arrays of one run: Q problems, N steps.
+
+    ``values (Q, N) float64``: the step's mean signal, higher = more uncertain, NaN where absent.
+    ``correct (Q, N) bool``: null (unparseable) is False. ``tokens (Q, N) int64``: generated tokens.
+    """
+
+    problem_ids: tuple[str, ...]
+    values: np.ndarray
+    correct: np.ndarray
+    tokens: np.ndarray
+    signal: str
+    segment: str
+
+    @property
+    def n_problems(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def h1(self) -> np.ndarray:
+        """``(Q,)`` the step-1 signal."""
+        return self.values[:, 0]
+
+    def subset(self, idx: np.ndarray) -> RunTable:
+        """The problems at ``idx`` (indices or a boolean mask), in that order."""
+        return RunTable(tuple(np.asarray(self.problem_ids, dtype=object)[idx]), self.values[idx],
+                        self.correct[idx], self.tokens[idx], self.signal, self.segment)
+
+
+def run_table(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all",
+              n_steps: int | None = None) -> RunTable:
+    """The arrays of ``records`` (``docs/FORMAT.md``) for one signal and segment.
+
+    ``n_steps`` (default: the most steps any record has) is the N of the N-step schedule: every
+    record must hold steps 1..N (a ``policy="all"`` run); a smaller N evaluates a longer run as
+    if it had stopped at N.
+    """
+    if not records:
+        raise ValueError("no records to evaluate")
+    n = max(len(r["steps"]) for r in records) if n_steps is None else n_steps
+    if n < 1:
+        raise ValueError(f"n_steps must be >= 1, got n_steps={n}")
+    cols = [step_values(records, signal, segment, k) for k in range(1, n + 1)]
+    return RunTable(tuple(str(r["problem_id"]) for r in records),
+                    np.stack([c[0] for c in cols], axis=1), np.stack([c[1] for c in cols], axis=1),
+                    np.stack([c[2] for c in cols], axis=1), signal, segment)
+
+
+def _stopped(h: np.ndarray, tau: float) -> np.ndarray:
+    # NaN never stops: it is compared as +inf.
+    return np.where(np.isfinite(h), h, np.inf) <= tau
+
+
+# --------------------------------------------------------------------------------------------
+# The gate, applied offline
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate with threshold ``tau`` on a problem set.
+
+    ``thresh_acc``: accuracy of the step-1 answer where ``H1 <= tau`` and the step-N answer
+    elsewhere. ``acc_diff = thresh_acc - n_step_acc`` (>= 0: no accuracy lost).
+    ``stopped_acc``: step-1 accuracy of the stopped problems (NaN when none stopped).
+    ``savings = 1 - sum(cost_gated) / sum(cost_full)`` in generated tokens (at most ``1 - 1/N``
+    when every step has the same length).
+    """
+
+    tau: float
+    n_problems: int
+    n_stopped: int
+    fraction_stopped: float
+    stopped_acc: float
+    thresh_acc: float
+    n_step_acc: float
+    acc_diff: float
+    savings: float
+
+
+def gate(table: RunTable, tau: float) -> GateResult:
+    """Apply the gate ``stop after step 1 iff H1 <= tau`` to every problem of ``table``."""
+    q = table.n_problems
+    if q == 0:
+        raise ValueError("gate needs at least one problem, got none")
+    stop = _stopped(table.h1, tau)
+    c1, cn = table.correct[:, 0], table.correct[:, -1]
+    # Counts, not float accuracies, so that acc_diff >= 0 is exact.
+    n_gated = int(np.where(stop, c1, cn).sum())
+    n_full = int(cn.sum())
+    full = table.tokens.sum(axis=1)
+    cost_full = int(full.sum())
+    cost_gated = int(np.where(stop, table.tokens[:, 0], full).sum())
+    n_stop = int(stop.sum())
+    return GateResult(
+        tau=float(tau), n_problems=q, n_stopped=n_stop, fraction_stopped=n_stop / q,
+        stopped_acc=float(c1[stop].mean()) if n_stop else math.nan,
+        thresh_acc=n_gated / q, n_step_acc=n_full / q, acc_diff=(n_gated - n_full) / q,
+        savings=1 - cost_gated / cost_full if cost_full else math.nan)
+
+
+# --------------------------------------------------------------------------------------------
+# Separation of correct and incorrect
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How well the signal separates incorrect from correct answers (higher = more uncertain).
+
+    ``cohens_d`` (pooled sd, > 0 when incorrect answers have higher values); ``welch_t`` and
+    ``welch_p`` (two-sided Welch t-test of incorrect vs correct); ``mannwhitney_u`` (U of the
+    incorrect sample) and its two-sided ``mannwhitney_p``; ``auroc``: AUROC of the value as a
+    predictor of an **incorrect** answer (> 0.5: the expected direction; ``U / (n_i n_c)``), with
+    a stratified percentile bootstrap CI ``[auroc_low, auroc_high]``. NaN where undefined (a class
+    too small, zero variance in both classes for the t-test). ``n_excluded``: NaN values left out.
+    """
+
+    n_c: int
+    n_i: int
+    mu_c: float
+    mu_i: float
+    cohens_d: float
+    welch_t: float
+    welch_p: float
+    mannwhitney_u: float
+    mannwhitney_p: float
+    auroc: float
+    auroc_low: float
+    auroc_high: float
+    level: float
+    n_boot: int
+    n_excluded: int
+
+
+def auroc(scores, positive) -> float:
+    """Rank AUROC of ``scores`` for the ``positive`` class: P(score_pos > score_neg) + P(tie) / 2.
+
+    Computed from average ranks (Mann-Whitney): ``(R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``.
+    NaN when a class is empty.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = stats.rankdata(s)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc_ci(scores, positive, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`auroc`, resampling within each class (stratified).
+
+    Stratified so that every resample has both classes (an unstratified one can draw a single
+    class, where AUROC is undefined). NaN when a class is empty.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got level={level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got n_boot={n_boot}")
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    sp, sn = s[pos], s[~pos]
+    if len(sp) == 0 or len(sn) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    bp = sp[rng.integers(0, len(sp), size=(n_boot, len(sp)))]
+    bn = sn[rng.integers(0, len(sn), size=(n_boot, len(sn)))]
+    ranks = stats.rankdata(np.concatenate([bp, bn], axis=1), axis=1)  # (n_boot, n_pos + n_neg)
+    n_pos, n_neg = len(sp), len(sn)
+    aucs = (ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    lo, hi = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def separation(values, correct, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Separation:
+    """:class:`Separation` of ``values (n,)`` (higher = more uncertain) by ``correct (n,) bool``.
+
+    NaN values are left out (counted in ``n_excluded``).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    if v.shape != ok.shape or v.ndim != 1:
+        raise ValueError(f"separation needs two 1-D arrays of one length, got {v.shape} and {ok.shape}")
+    keep = np.isfinite(v)
+    v, ok = v[keep], ok[keep]
+    vc, vi = v[ok], v[~ok]
+    n_c, n_i = len(vc), len(vi)
+    t = p = u = pu = math.nan
+    if n_c >= 2 and n_i >= 2 and (np.ptp(vc) > 0 or np.ptp(vi) > 0):
+        t, p = (float(x) for x in stats.ttest_ind(vi, vc, equal_var=False))
+    if n_c >= 1 and n_i >= 1:
+        u, pu = (float(x) for x in stats.mannwhitneyu(vi, vc, alternative="two-sided"))
+    lo, hi = auroc_ci(v, ~ok, n_boot, level, seed)
+    return Separation(
+        n_c=n_c, n_i=n_i, mu_c=float(vc.mean()) if n_c else math.nan, mu_i=float(vi.mean()) if n_i else math.nan,
+        cohens_d=cohens_d(vc, vi), welch_t=t, welch_p=p, mannwhitney_u=u, mannwhitney_p=pu,
+        auroc=auroc(v, ~ok), auroc_low=lo, auroc_high=hi, level=level, n_boot=n_boot,
+        n_excluded=int((~keep).sum()))
+
+
+def topk_ablation(records: list[dict], segment: str = "all", step: int = 1, n_boot: int = 1000,
+                  level: float = 0.95, seed: int = 0) -> dict[int, Separation]:
+    """``{K: Separation}`` of ``topk_entropy@K`` at ``step`` for every K recorded (K ascending)."""
+    if not records:
+        raise ValueError("no records to evaluate")
+    names = records[0]["steps"][step - 1]["signals"].get(segment, {})
+    ks = sorted(int(n.split("@", 1)[1]) for n in names if n.startswith("topk_entropy@"))
+    out = {}
+    for k in ks:
+        values, correct, _ = step_values(records, f"topk_entropy@{k}", segment, step)
+        out[k] = separation(values, correct, n_boot, level, seed)
+    return out
+
+
+def persistence(table: RunTable, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> list[Separation]:
+    """The separation at every step k = 1..N: step-k values against step-k correctness."""
+    return [separation(table.values[:, k], table.correct[:, k], n_boot, level, seed)
+            for k in range(table.n_steps)]
+
+
+# --------------------------------------------------------------------------------------------
+# Oracle thresholds (headroom)
+
+
+def tau_sweep(table: RunTable) -> list[GateResult]:
+    """The gate at ``tau = -inf`` (never stop) and at every distinct finite step-1 value, ascending.
+
+    These are all the distinct decisions a threshold can make on this problem set.
+    """
+    h = table.h1
+    taus = [-math.inf] + sorted(set(h[np.isfinite(h)].tolist()))
+    return [gate(table, t) for t in taus]
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """Thresholds chosen with the answers of the evaluation set itself: an upper bound, not a method.
+
+    ``no_loss``: the largest savings with ``acc_diff >= 0`` (``tau = -inf``, never stop, always
+    qualifies). ``best_acc``: the highest ``thresh_acc``. Ties go to larger savings, then to the
+    smaller ``tau``.
+    """
+
+    no_loss: GateResult
+    best_acc: GateResult
+
+
+def oracle(table: RunTable) -> Oracle:
+    """:class:`Oracle` over :func:`tau_sweep`."""
+    sweep = tau_sweep(table)
+    feasible = [g for g in sweep if g.acc_diff >= 0]
+    no_loss = max(feasible, key=lambda g: (g.savings, g.thresh_acc, -g.tau))
+    best = max(sweep, key=lambda g: (g.thresh_acc, g.savings, -g.tau))
+    return Oracle(no_loss, best)
+
+
+# --------------------------------------------------------------------------------------------
+# Few-shot calibration
+
+
+@dataclass(frozen=True)
+class FewShotMethod:
+    """One threshold method over R draws of n calibration problems, evaluated on the rest.
+
+    ``mean_tau``/``std_tau`` over the ``n_finite_tau`` draws whose tau is finite (a draw with no
+    correct example gives ``-inf``: never stop). ``n_fallback``: draws where the method used a
+    documented fallback. The other pairs are mean and sd (``ddof=0``, over the draws) of the gate
+    on the held-out problems; ``no_loss_fraction``: draws with ``acc_diff >= 0``.
+    """
+
+    mean_tau: float
+    std_tau: float
+    n_finite_tau: int
+    n_fallback: int
+    mean_stopped: float
+    std_stopped: float
+    mean_thresh_acc: float
+    std_thresh_acc: float
+    mean_acc_diff: float
+    std_acc_diff: float
+    mean_savings: float
+    std_savings: float
+    no_loss_fraction: float
+
+
+@dataclass(frozen=True)
+class FewShotSize:
+    """The few-shot protocol at one calibration size ``n``: ``n_draws`` seeded draws.
+
+    ``n_eval``: held-out problems per draw (every problem not drawn, NaN-signal ones included).
+    ``n_all_correct`` / ``n_all_incorrect``: draws with a single class (their thresholds use the
+    documented fallbacks of :func:`tje_hf.calibration.calibrate`).
+    """
+
+    n: int
+    n_draws: int
+    n_eval: int
+    n_all_correct: int
+    n_all_incorrect: int
+    methods: dict[str, FewShotMethod]
+
+
+def few_shot_sizes(n_pool: int) -> tuple[int, ...]:
+    """``5, 10, 20, 40, ...`` (doubling) up to ``n_pool - 1``, so that one problem is always held out."""
+    sizes, n = [], 5
+    while n <= n_pool - 1:
+        sizes.append(n)
+        n *= 2
+    return tuple(sizes)
+
+
+def few_shot(table: RunTable, sizes: tuple[int, ...] | None = None, n_draws: int = 50, seed: int = 0
+             ) -> list[FewShotSize]:
+    """Calibrate on ``n`` random problems, apply the thresholds to all the others, ``n_draws`` times.
+
+    Calibration problems are drawn without replacement from the problems with a finite step-1
+    value; draw ``r`` at size ``n`` uses ``default_rng([seed, n])``, so one size's draws do not
+    depend on which other sizes are run. ``sizes`` default: :func:`few_shot_sizes`.
+    """
+    pool = np.flatnonzero(np.isfinite(table.h1))
+    sizes = few_shot_sizes(len(pool)) if sizes is None else tuple(sizes)
+    for n in sizes:
+        if not 1 <= n <= len(pool) - 1:
+            raise ValueError(f"few-shot size n={n} must be in [1, {len(pool) - 1}] "
+                             f"({len(pool)} problems with a finite step-1 value)")
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got n_draws={n_draws}")
+    out = []
+    for n in sizes:
+        rng = np.random.default_rng([seed, n])
+        rows: dict[str, list[tuple[float, bool, GateResult]]] = {m: [] for m in METHODS}
+        all_c = all_i = 0
+        for _ in range(n_draws):
+            cal_idx = rng.choice(pool, size=n, replace=False)
+            rest = np.ones(table.n_problems, dtype=bool)
+            rest[cal_idx] = False
+            cal = calibrate(table.h1[cal_idx], table.correct[cal_idx, 0])
+            all_c += cal.n_i == 0
+            all_i += cal.n_c == 0
+            held = table.subset(rest)
+            for m, tau in cal.thresholds().items():
+                rows[m].append((tau, m in cal.fallbacks, gate(held, tau)))
+        methods = {m: _few_shot_method(rows[m]) for m in METHODS}
+        out.append(FewShotSize(n, n_draws, table.n_problems - n, all_c, all_i, methods))
+    return out
+
+
+def _few_shot_method(rows: list[tuple[float, bool, GateResult]]) -> FewShotMethod:
+    taus = np.array([r[0] for r in rows])
+    finite = taus[np.isfinite(taus)]
+    g = [r[2] for r in rows]
+
+    def ms(xs: list[float]) -> tuple[float, float]:
+        a = np.asarray(xs, dtype=np.float64)
+        return float(a.mean()), float(a.std())
+
+    stopped, acc, diff, sav = (ms([getattr(x, f) for x in g])
+                               for f in ("fraction_stopped", "thresh_acc", "acc_diff", "savings"))
+    return FewShotMethod(
+        mean_tau=float(finite.mean()) if len(finite) else math.nan,
+        std_tau=float(finite.std()) if len(finite) else math.nan,
+        n_finite_tau=len(finite), n_fallback=sum(r[1] for r in rows),
+        mean_stopped=stopped[0], std_stopped=stopped[1], mean_thresh_acc=acc[0], std_thresh_acc=acc[1],
+        mean_acc_diff=diff[0], std_acc_diff=diff[1], mean_savings=sav[0], std_savings=sav[1],
+        no_loss_fraction=float(np.mean([x.acc_diff >= 0 for x in g])))
+
+
+# --------------------------------------------------------------------------------------------
+# Token budget framework (METHOD.md section 5)
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    """One schedule at budget ``alpha`` calls of at most ``beta`` tokens each.
+
+    ``calls`` and ``tokens`` are what the schedule used (``calls <= alpha``,
+    ``tokens <= alpha * beta``, checked); ``accuracy`` of each problem's answer after its last
+    call (a problem given m calls answers with its step-m answer); ``n_full``: problems that got
+    all N steps.
+    """
+
+    alpha: int
+    calls: int
+    tokens: int
+    accuracy: float
+    n_full: int
+
+
+def gated_schedule(table: RunTable, tau: float, alpha: int) -> np.ndarray:
+    """``(Q,) int``: calls per problem under the gate at budget ``alpha`` calls.
+
+    Every problem gets step 1 (``alpha >= Q`` is required). A problem with ``H1 <= tau`` stops
+    there. The ``alpha - Q`` remaining calls go to the problems above tau, most uncertain first
+    (NaN counts as most uncertain), each taking up to its N - 1 further steps before the next
+    problem gets any (**chosen**: "depth first", as the gate runs all N steps on a problem it does
+    not stop). Calls nobody can use (every problem above tau already at N) are left unspent.
+    """
+    q, n = table.n_problems, table.n_steps
+    if alpha < q:
+        raise ValueError(f"budget alpha={alpha} calls is below one call for each of the {q} problems")
+    h = np.where(np.isfinite(table.h1), table.h1, np.inf)
+    steps = np.ones(q, dtype=np.int64)
+    left = alpha - q
+    go_on = np.flatnonzero(~_stopped(table.h1, tau))
+    for j in go_on[np.argsort(-h[go_on], kind="stable")]:
+        if left <= 0:
+            break
+        extra = min(n - 1, left)
+        steps[j] += extra
+        left -= extra
+    return steps
+
+
+def uniform_schedule(table: RunTable, alpha: int) -> np.ndarray:
+    """``(Q,) int``: every problem gets ``min(N, floor(alpha / Q))`` calls (the rest is unspent)."""
+    q = table.n_problems
+    if alpha < q:
+        raise ValueError(f"budget alpha={alpha} calls is below one call for each of the {q} problems")
+    return np.full(q, min(table.n_steps, alpha // q), dtype=np.int64)
+
+
+def budget_point(table: RunTable, steps: np.ndarray, alpha: int, beta: int) -> BudgetPoint:
+    """Score a schedule (calls per problem); raises ``RuntimeError`` if it breaks the budget."""
+    q = table.n_problems
+    if steps.min() < 1 or steps.max() > table.n_steps:
+        raise ValueError(f"calls per problem must be in [1, {table.n_steps}], got {steps.min()}..{steps.max()}")
+    calls = int(steps.sum())
+    within = np.arange(table.n_steps)[None, :] < steps[:, None]  # (Q, N): the calls made
+    tokens = int(table.tokens[within].sum())
+    if calls > alpha or tokens > alpha * beta:
+        raise RuntimeError(f"schedule over budget: {calls} calls / {tokens} tokens for alpha={alpha}, "
+                           f"beta={beta} (alpha * beta = {alpha * beta})")
+    acc = float(table.correct[np.arange(q), steps - 1].mean())
+    return BudgetPoint(int(alpha), calls, tokens, acc, int((steps == table.n_steps).sum()))
+
+
+@dataclass(frozen=True)
+class BudgetCurves:
+    """Accuracy against budget for the uniform schedule and for the gate at each threshold."""
+
+    budgets: tuple[int, ...]
+    beta: int
+    taus: dict[str, float]
+    uniform: tuple[BudgetPoint, ...]
+    gated: dict[str, tuple[BudgetPoint, ...]]
+
+
+def default_budgets(n_problems: int, n_steps: int) -> tuple[int, ...]:
+    """``Q`` to ``N Q`` calls in quarter-step increments: ``round(Q (1 + j/4))``, j = 0..4(N-1)."""
+    return tuple(sorted({round(n_problems * (1 + j / 4)) for j in range(4 * (n_steps - 1) + 1)}))
+
+
+def budget_curves(table: RunTable, taus: dict[str, float], budgets: tuple[int, ...] | None = None,
+                  beta: int | None = None) -> BudgetCurves:
+    """Accuracy at equal budget: the gated allocation (per threshold) and the uniform N-step schedule.
+
+    Args:
+        table: a run with all N steps recorded; each call costs its recorded tokens.
+        taus: ``{name: tau}`` thresholds for the gated allocation.
+        budgets: budgets ``alpha`` in calls, each >= Q; default :func:`default_budgets`.
+        beta: tokens per call; default the longest recorded call. ``ValueError`` when a recorded
+            call is longer.
+    """
+    longest = int(table.tokens.max())
+    beta = longest if beta is None else int(beta)
+    if beta < longest:
+        raise ValueError(f"beta={beta} tokens is below the longest recorded call ({longest} tokens)")
+    budgets = default_budgets(table.n_problems, table.n_steps) if budgets is None else tuple(budgets)
+    uniform = tuple(budget_point(table, uniform_schedule(table, a), a, beta) for a in budgets)
+    gated = {name: tuple(budget_point(table, gated_schedule(table, t, a), a, beta) for a in budgets)
+             for name, t in taus.items()}
+    return BudgetCurves(budgets, beta, dict(taus), uniform, gated)
+
+
+# --------------------------------------------------------------------------------------------
+# Everything at once
+
+
+def evaluate_run(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all", seed: int = 0,
+                 n_steps: int | None = None, n_draws: int = 50, n_boot: int = 1000,
+                 sizes: tuple[int, ...] | None = None) -> dict:
+    """Every measurement of METHOD.md sections 4-5 on one run, as a JSON-ready dict (NaN/inf -> None).
+
+    Keys: ``signal``, ``segment``, ``n_problems``, ``n_steps``, ``n_excluded`` (NaN step-1
+    values), ``step1_accuracy``, ``n_step_accuracy``, ``calibration`` (all problems),
+    ``gate`` (``{method: GateResult}`` with those thresholds, **in-sample**: see ``in_sample``),
+    ``separation`` (step 1), ``oracle``, ``sweep`` (the gate at every distinct threshold),
+    ``few_shot`` (held-out), ``topk_ablation`` (``{K: Separation}``, keys as strings),
+    ``persistence`` (one Separation per step), ``budget`` (:class:`BudgetCurves` for the four
+    in-sample thresholds). ``seed`` drives the bootstrap and the few-shot draws.
+    """
+    table = run_table(records, signal, segment, n_steps)
+    finite = np.isfinite(table.h1)
+    if not finite.any():
+        raise ValueError(f"signal {signal!r} (segment {segment!r}) is NaN or null at step 1 in every record")
+    cal = dataclasses.replace(calibrate(table.h1[finite], table.correct[finite, 0]),
+                              n_excluded=int((~finite).sum()))
+    taus = cal.thresholds()
+    out = {
+        "signal": signal,
+        "segment": segment,
+        "n_problems": table.n_problems,
+        "n_steps": table.n_steps,
+        "n_excluded": int((~finite).sum()),
+        "step1_accuracy": float(table.correct[:, 0].mean()),
+        "n_step_accuracy": float(table.correct[:, -1].mean()),
+        "in_sample": IN_SAMPLE_NOTE,
+        "calibration": cal,
+        "gate": {m: gate(table, t) for m, t in taus.items()},
+        "separation": separation(table.h1, table.correct[:, 0], n_boot, seed=seed),
+        "oracle": oracle(table),
+        "sweep": tau_sweep(table),
+        "few_shot": few_shot(table, sizes, n_draws, seed),
+        "topk_ablation": {str(k): s for k, s in topk_ablation(records, segment, 1, n_boot, seed=seed).items()},
+        "persistence": persistence(table, n_boot, seed=seed),
+        "budget": budget_curves(table, taus),
+    }
+    return to_jsonable(out)
+
+
+def to_jsonable(obj):
+    """Dataclasses, dicts, lists and numpy scalars as plain JSON values; NaN and infinities -> None."""
+    if isinstance(obj, Calibration):
+        return obj.to_json()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
