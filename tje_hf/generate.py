@@ -134,7 +134,7 @@ def eos_token_ids(model, tokenizer) -> list[int]:
         if source is None:
             continue
         ids.extend([source] if isinstance(source, int) else list(source))
-    return sorted(set(int(i) for i in ids))
+    return sorted({int(i) for i in ids})
 
 
 def cache_kwarg(model) -> str:

@@ -272,6 +272,12 @@ def load_config(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / CONFIG).read_text())
 
 
+def load_environment(run_dir: str | Path) -> dict:
+    """The ``environment.json`` of a run (empty if the run has none yet)."""
+    path = Path(run_dir) / ENVIRONMENT
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def iter_steps(records: list[dict]) -> Iterator[tuple[dict, dict]]:
     for rec in records:
         for step in rec["steps"]:

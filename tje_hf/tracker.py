@@ -79,7 +79,7 @@ class EntropyTracker(LogitsProcessor):
         self.eos = torch.tensor(sorted(set(eos_token_ids)) or [-1], dtype=torch.long, device=self.device)
         self.machine = SegmentMachine(segment_rules, self.device)
         self.seg_state = self.machine.initial_state(B)
-        f32 = dict(dtype=torch.float32, device=self.device)
+        f32 = {"dtype": torch.float32, "device": self.device}
         self.sums = torch.zeros(B, len(SEGMENTS), S, **f32)
         self.counts = torch.zeros(B, len(SEGMENTS), **f32)
         self.n_generated = torch.zeros(B, dtype=torch.long, device=self.device)

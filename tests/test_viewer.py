@@ -1,0 +1,394 @@
+"""The token-level trace viewer: the embedded data (no browser) and the page itself (headless Chromium).
+
+The run is synthetic: records and a trace sidecar written through ``tje_hf.records`` with known
+per-token entropies, segments and alternatives, so every displayed number can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tje_hf.calibration import calibrate_records
+from tje_hf.records import RunDir, pack_trace, read_records, read_trace
+from tje_hf.viewer import (
+    COLOR_STOPS,
+    entropy_color,
+    read_payload,
+    signal_scale,
+    write_viewer,
+)
+
+COLUMNS = ("topk_entropy@5", "topk_entropy@10", "topk_entropy@15", "topk_entropy@20",
+           "full_entropy", "deepconf_confidence", "self_certainty", "token_logprob")
+SIGNAL = "topk_entropy@20"
+H_MAX = math.log2(20)
+N_ALT = 5
+WORDS = [" the", " answer", " is", "\n", " 4", "2", ".", " <b>", " &", " x", " so", " Let", "'s", " check", ":"]
+BIG = "p-big"  # a problem with steps longer than a render chunk (512 tokens)
+
+
+def decode(token_id: int) -> str:
+    return WORDS[token_id % len(WORDS)]
+
+
+def _step_trace(rng: np.random.Generator, n: int, level: float):
+    """One step's trace: header, reasoning, header, answer, end; entropies around ``level`` bits."""
+    n_ans = max(3, n // 8)
+    seg = np.zeros(n, dtype=np.int8)
+    seg[:2] = 2
+    seg[n - n_ans - 3:n - n_ans - 1] = 2
+    seg[n - n_ans - 1:n - 1] = 1
+    seg[n - 1] = 2
+    values = np.zeros((n, len(COLUMNS)), dtype=np.float32)
+    h = np.clip(rng.gamma(2.0, level / 2.0, size=n), 0.0, H_MAX).astype(np.float32)
+    h[0], h[1] = 0.0, H_MAX  # the scale's two ends
+    for j, k in enumerate((5, 10, 15, 20)):
+        values[:, j] = np.minimum(h, math.log2(k))
+    values[:, 4] = h + 0.5
+    values[:, 5] = 5.0 - h
+    values[:, 6] = 8.0 - h
+    values[:, 7] = -h / 2
+    tokens = rng.integers(0, 1000, size=n)
+    alt_ids = rng.integers(0, 1000, size=(n, N_ALT)).astype(np.int32)
+    alt_ids[:, 0] = tokens
+    alt_lp = np.sort(-rng.exponential(1.5, size=(n, N_ALT)), axis=1)[:, ::-1].astype(np.float16)
+    return pack_trace(COLUMNS, values, seg, tokens.tolist(), alt_ids, alt_lp)
+
+
+def _means(trace: np.ndarray) -> tuple[dict, dict]:
+    signals, counts = {}, {}
+    for name, mask in (("all", np.ones(len(trace), bool)), ("reasoning", trace["segment"] == 0),
+                       ("answer", trace["segment"] == 1)):
+        vals = trace["values"][mask]
+        signals[name] = {c: (float(vals[:, j].mean()) if len(vals) else float("nan")) for j, c in enumerate(COLUMNS)}
+        counts[name] = int(mask.sum())
+    return signals, counts
+
+
+def build_run(path: Path, *, with_alternatives: bool = True) -> Path:
+    """Seven problems: step-1 correct ones have low entropy, incorrect ones high; one has 1300-token steps."""
+    rng = np.random.default_rng(7)
+    run = RunDir.open(path, {"refine": {"steps": 3}, "task": {"name": "arith"}}, "cafe0001")
+    run.write_environment({"model_source": str(path / "no-such-model")})
+    plan = [("p-0", [True, True, True], 0.4), ("p-1", [True, False, True], 0.6), ("p-2", [False, False, True], 1.6),
+            ("p-3", [None, True, True], 1.2), ("p-4", [False, True, False], 2.0), ("p-5", [True, True, True], 0.3),
+            (BIG, [True, False, True], 0.9)]
+    for index, (pid, correct, level) in enumerate(plan):
+        steps = []
+        for k, ok in enumerate(correct):
+            n = 1300 if pid == BIG else int(rng.integers(30, 90))
+            trace = _step_trace(rng, n, level)
+            if not with_alternatives:
+                trace = pack_trace(COLUMNS, trace["values"], trace["segment"], trace["token"].tolist())
+            ref = run.append_trace(trace, COLUMNS)
+            signals, counts = _means(trace)
+            steps.append({"step": k + 1, "seed": k, "text": "", "answer_text": "", "answer": None if ok is None else
+                          str(42 if ok else 41), "correct": ok, "grade_reason": "match" if ok else "mismatch",
+                          "n_generated": n, "prompt_tokens": 10, "prefilled_tokens": 10, "reused_tokens": 0,
+                          "cache": "none", "stop_reason": "eos", "wall_time_s": 0.1, "signals": signals,
+                          "counts": counts, "n_invalid": 0, "trace": ref.to_json()})
+        run.append({"schema": 1, "config_hash": "cafe0001", "problem_id": pid, "index": index, "task": "arith",
+                    "gold": "42", "model": "synthetic", "model_revision": "local", "family": "generic",
+                    "prompt_hash": "0" * 16, "policy": "all", "n_steps": len(steps), "steps": steps,
+                    "finished_at": "2025-01-01T00:00:00Z"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.mktemp("viewer") / "run")
+
+
+@pytest.fixture(scope="module")
+def html_path(run_dir: Path) -> Path:
+    return write_viewer(run_dir, decode=decode)
+
+
+# --------------------------------------------------------------------------------------------
+# No browser
+
+
+def test_colour_scale_ends_and_order():
+    assert entropy_color(0.0, H_MAX) == COLOR_STOPS[0]
+    assert entropy_color(H_MAX, H_MAX) == COLOR_STOPS[-1]
+    assert entropy_color(99.0, H_MAX) == COLOR_STOPS[-1] and entropy_color(-1.0, H_MAX) == COLOR_STOPS[0]
+    assert entropy_color(None, H_MAX) is None and entropy_color(float("nan"), H_MAX) is None
+    # Midway between stops 2 and 3 (t = 0.5 on six stops): the channel means, rounded half up.
+    assert entropy_color(H_MAX / 2, H_MAX) == (253, 200, 145)
+    greens = [entropy_color(h, H_MAX)[1] for h in np.linspace(0, H_MAX, 50)]
+    assert all(a >= b for a, b in itertools.pairwise(greens)) and greens[0] > greens[-1]
+    assert signal_scale("topk_entropy@20")[0] == pytest.approx(4.321928)
+    with pytest.raises(ValueError, match="deepconf_confidence"):
+        signal_scale("deepconf_confidence")
+
+
+def test_html_is_self_contained(html_path: Path):
+    text = html_path.read_text(encoding="utf-8")
+    assert text.startswith("<!doctype html>")
+    for bad in ("http://", "https://", "<link", "@import", "url("):
+        assert bad not in text, bad
+    assert not re.search(r"""\ssrc\s*=""", text)
+    # Token text with markup is escaped inside the JSON blocks: no premature </script>.
+    assert text.count("</script>") == text.count("<script")
+
+
+def test_payload_round_trips(run_dir: Path, html_path: Path):
+    index, problems = read_payload(html_path)
+    records = read_records(run_dir)
+    assert [p["id"] for p in index["problems"]] == [r["problem_id"] for r in records]
+    assert index["signal"] == SIGNAL and index["scale"]["max"] == pytest.approx(H_MAX)
+    assert index["scale"]["stops"] == [list(c) for c in COLOR_STOPS]
+    col = COLUMNS.index(SIGNAL)
+    for i, rec in enumerate(records):
+        data = problems[i]
+        assert index["problems"][i]["h1"] == pytest.approx(rec["steps"][0]["signals"]["all"][SIGNAL])
+        assert [s["correct"] for s in index["problems"][i]["steps"]] == [s["correct"] for s in rec["steps"]]
+        for step, sd in zip(rec["steps"], data["steps"], strict=True):
+            tr = read_trace(run_dir, step["trace"])
+            assert sd["n"] == len(tr) == step["n_generated"]
+            assert sd["tok"] == tr["token"].tolist()
+            assert sd["h"] == [round(float(v), 3) for v in tr["values"][:, col]]
+            assert sd["seg"] == "".join(str(int(g)) for g in tr["segment"])
+            assert sd["A"] == N_ALT and sd["alt"] == tr["alt_ids"].reshape(-1).tolist()
+            lp = np.array(sd["lp16"], dtype=np.uint16).view(np.float16).reshape(-1, N_ALT)
+            np.testing.assert_array_equal(lp, tr["alt_logprobs"])
+            assert all(data["vocab"][str(t)] == decode(t) for t in sd["tok"] + sd["alt"])
+
+
+def test_default_thresholds_come_from_calibration(run_dir: Path, html_path: Path):
+    index, _ = read_payload(html_path)
+    cal = calibrate_records(read_records(run_dir), signal=SIGNAL, segment="all", step=1)
+    taus = {t["name"]: t["tau"] for t in index["thresholds"]}
+    assert taus == pytest.approx({"mean": cal.tau_mean, "info": cal.tau_info, "bayes": cal.tau_bayes,
+                                  "universal": cal.tau_universal})
+    assert "in-sample" in index["threshold_note"]
+
+
+def test_options_ids_without_tokenizer_and_given_thresholds(run_dir: Path, tmp_path: Path):
+    out = write_viewer(run_dir, tmp_path / "v.html", thresholds={"mine": 0.5}, problems=["p-1"], max_alternatives=2)
+    index, problems = read_payload(out)
+    assert index["thresholds"] == [{"name": "mine", "tau": 0.5, "note": ""}]
+    assert list(problems) == [1] and [p["embedded"] for p in index["problems"]].count(True) == 1
+    assert not index["decoded"]  # environment.json names a directory that does not exist
+    sd = problems[1]["steps"][0]
+    assert sd["A"] == 2 and len(sd["alt"]) == 2 * sd["n"]
+    assert problems[1]["vocab"][str(sd["tok"][0])] == f"⟨{sd['tok'][0]}⟩"
+
+
+def test_run_without_alternatives(tmp_path: Path):
+    run = build_run(tmp_path / "run", with_alternatives=False)
+    _, problems = read_payload(write_viewer(run, decode=decode))
+    assert problems[0]["steps"][0]["A"] == 0 and "alt" not in problems[0]["steps"][0]
+
+
+@pytest.mark.slow
+def test_default_decode_uses_the_local_tokenizer(run_dir: Path, tmp_path: Path):
+    from tje_hf.models import cache_dir
+
+    found = sorted(cache_dir().glob("smollm2-135m-instruct-*/tokenizer.json"))
+    if not found:
+        pytest.skip(f"no converted SmolLM2 directory under {cache_dir()} (run `tje demo` once)")
+    from transformers import AutoTokenizer
+
+    source = found[0].parent
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "environment.json").write_text(json.dumps({"model_source": str(source)}))
+    index, problems = read_payload(write_viewer(run, problems=["p-0"]))
+    tok = AutoTokenizer.from_pretrained(source)
+    assert index["decoded"]
+    for t, text in list(problems[0]["vocab"].items())[:50]:
+        expected = tok.decode([int(t)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        assert text == expected or "\ufffd" in expected
+
+
+# --------------------------------------------------------------------------------------------
+# Headless Chromium
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    if missing:
+        pytest.skip(f"browser test needs {' and '.join(missing)} (bash scripts/install_browser.sh)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=1280,900",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    drv.set_page_load_timeout(30)
+    yield drv
+    drv.quit()
+
+
+def _wait(drv, script: str, timeout: float = 15.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(drv, timeout, poll_frequency=0.05).until(lambda d: d.execute_script(script))
+
+
+def _open(drv, html_path: Path, problem: str | None = None):
+    url = html_path.resolve().as_uri() + (f"#p={problem}" if problem else "")
+    drv.get("about:blank")
+    drv.get(url)
+    if problem:
+        _wait(drv, "return document.documentElement.dataset.ready === '1'")
+
+
+def _rgb(css: str) -> tuple[int, int, int]:
+    return tuple(int(x) for x in re.findall(r"\d+", css)[:3])  # type: ignore[return-value]
+
+
+def _alternatives(run_dir: Path, step: dict, i: int) -> list[str]:
+    tr = read_trace(run_dir, step["trace"])
+    return [f"{math.exp(float(lp)):.3f}" for lp in tr["alt_logprobs"][i]]
+
+
+@pytest.mark.browser
+def test_problem_view_renders_every_token_with_its_colour(driver, run_dir: Path, html_path: Path):
+    _open(driver, html_path, BIG)
+    rec = next(r for r in read_records(run_dir) if r["problem_id"] == BIG)
+    # Rendered lazily in chunks (1300 tokens: at least two), all of them once idle time allows.
+    assert driver.execute_script("return document.querySelectorAll('section.step[data-s=\"0\"] .chunk').length") >= 2
+    _wait(driver, "return document.documentElement.dataset.allRendered === '1'")
+    col = COLUMNS.index(SIGNAL)
+    for k, step in enumerate(rec["steps"]):
+        n = driver.execute_script(f"return document.querySelectorAll('section.step[data-s=\"{k}\"] .t').length")
+        assert n == step["n_generated"]
+    tr = read_trace(run_dir, rec["steps"][0]["trace"])
+    h = [round(float(v), 3) for v in tr["values"][:, col]]
+    lo, hi = int(np.argmin(h[2:])) + 2, int(np.argmax(h[2:])) + 2
+    seen = {}
+    for i in (0, 1, lo, hi):
+        css = driver.execute_script(
+            f"return getComputedStyle(document.querySelector('section.step[data-s=\"0\"] .t[data-i=\"{i}\"]'))"
+            ".backgroundColor")
+        seen[i] = _rgb(css)
+        assert seen[i] == entropy_color(h[i], H_MAX), (i, h[i], css)
+    assert seen[0] == COLOR_STOPS[0] and seen[1] == COLOR_STOPS[-1]
+    assert sum(seen[hi]) < sum(seen[lo])  # higher entropy: darker
+    # Segments are marked: one badge per run of equal labels, answer tokens carry class s1.
+    seg = "".join(str(int(g)) for g in tr["segment"])
+    runs = 1 + sum(a != b for a, b in itertools.pairwise(seg))
+    assert driver.execute_script("return document.querySelectorAll('section.step[data-s=\"0\"] .badge').length") == runs
+    n_answer = driver.execute_script("return document.querySelectorAll('section.step[data-s=\"0\"] .t.s1').length")
+    assert n_answer == seg.count("1")
+
+
+@pytest.mark.browser
+def test_hover_and_keyboard_focus_show_alternatives(driver, run_dir: Path, html_path: Path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    pid = "p-2"
+    _open(driver, html_path, pid)
+    rec = next(r for r in read_records(run_dir) if r["problem_id"] == pid)
+    step = rec["steps"][1]
+    tip = driver.find_element(By.ID, "tje-tip")
+
+    # Hover a token of step 2.
+    i = 7
+    el = driver.find_element(By.CSS_SELECTOR, f'section.step[data-s="1"] .t[data-i="{i}"]')
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+    ActionChains(driver).move_to_element(el).perform()
+    _wait(driver, "return !document.getElementById('tje-tip').hidden")
+    probs = [p.text for p in tip.find_elements(By.CSS_SELECTOR, "tr.alt td.p")]
+    assert probs == _alternatives(run_dir, step, i)
+    assert len(probs) == N_ALT
+    first_alt = tip.find_element(By.CSS_SELECTOR, "tr.alt td.a").text
+    tr = read_trace(run_dir, step["trace"])
+    assert first_alt == decode(int(tr["alt_ids"][i][0])).replace(" ", "␣").replace("\n", "↵")
+    assert tip.find_element(By.CSS_SELECTOR, "b.h").text == f"{round(float(tr['values'][i][3]), 3):.3f}"
+    ActionChains(driver).move_to_element(driver.find_element(By.CSS_SELECTOR, "section.step h2")).perform()
+    _wait(driver, "return document.getElementById('tje-tip').hidden")  # leaving a token hides it
+
+    # Keyboard: Tab from the heading into step 1's tokens, then Tab to step 2's and arrow right.
+    driver.execute_script("window.scrollTo(0, 0); document.querySelector('main h1').focus()")
+    body = driver.switch_to.active_element
+    body.send_keys(Keys.TAB)
+    assert driver.execute_script("return document.activeElement.closest('section.step').dataset.s") == "0"
+    driver.switch_to.active_element.send_keys(Keys.TAB)
+    active = driver.switch_to.active_element
+    assert active.get_attribute("data-i") == "0" and active.get_attribute("class").startswith("t ")
+    j = 4
+    for _ in range(j):
+        driver.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+    active = driver.switch_to.active_element
+    assert active.get_attribute("data-i") == str(j)
+    assert driver.execute_script("return document.activeElement.closest('section.step').dataset.s") == "1"
+    assert not driver.execute_script("return document.getElementById('tje-tip').hidden")
+    expected = _alternatives(run_dir, step, j)
+    assert [p.text for p in tip.find_elements(By.CSS_SELECTOR, "tr.alt td.p")] == expected
+    live = driver.find_element(By.ID, "tje-live").get_attribute("textContent")
+    assert f"entropy {round(float(tr['values'][j][3]), 3):.3f} bits" in live
+    assert all(p in live for p in expected)
+    outline = driver.execute_script("const s = getComputedStyle(document.activeElement);"
+                                    "return [s.outlineStyle, s.outlineWidth]")
+    assert outline == ["solid", "3px"]
+    # Down and up: a token on the next line, then one on the original line again (page coordinates).
+    where = "const e = document.activeElement; return [+e.dataset.i, e.getBoundingClientRect().top + scrollY]"
+    top = driver.execute_script(where)[1]
+    driver.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
+    down = driver.execute_script(where)
+    assert down[0] > j and down[1] > top + 5
+    driver.switch_to.active_element.send_keys(Keys.ARROW_UP)
+    up = driver.execute_script(where)
+    assert up[0] < down[0] and up[1] == pytest.approx(top, abs=2)
+    # End jumps to the step's last token (rendering its chunk on demand); Tab order keeps the roving token.
+    driver.switch_to.active_element.send_keys(Keys.END)
+    assert driver.switch_to.active_element.get_attribute("data-i") == str(step["n_generated"] - 1)
+    driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+    assert driver.execute_script("return document.getElementById('tje-tip').hidden")
+
+
+@pytest.mark.browser
+def test_index_lists_problems_and_sorts_by_column(driver, run_dir: Path, html_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _open(driver, html_path)
+    records = read_records(run_dir)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#idx tbody tr")
+    assert len(rows) == len(records)
+    marks = rows[3].find_element(By.CSS_SELECTOR, "td.marks").text.replace("\n", "")
+    assert marks == "?✓✓"  # p-3: step 1 unparseable
+    h1 = {r["problem_id"]: r["steps"][0]["signals"]["all"][SIGNAL] for r in records}
+
+    def order():
+        return [r.find_element(By.CSS_SELECTOR, "td:nth-child(2)").text
+                for r in driver.find_elements(By.CSS_SELECTOR, "#idx tbody tr")]
+
+    button = driver.find_element(By.CSS_SELECTOR, 'th[data-key="h1"] button')
+    button.click()
+    assert order() == sorted(h1, key=h1.get)
+    th = driver.find_element(By.CSS_SELECTOR, 'th[data-key="h1"]')
+    assert th.get_attribute("aria-sort") == "ascending"
+    # The header is a button: Enter on it sorts again, descending.
+    driver.find_element(By.CSS_SELECTOR, 'th[data-key="h1"] button').send_keys(Keys.ENTER)
+    assert order() == sorted(h1, key=h1.get, reverse=True)
+    assert th.get_attribute("aria-sort") == "descending"
+    driver.find_element(By.CSS_SELECTOR, 'th[data-key="tokens"] button').click()
+    totals = {r["problem_id"]: sum(s["n_generated"] for s in r["steps"]) for r in records}
+    assert order() == sorted(totals, key=totals.get)
+    # A row links to its problem view.
+    driver.find_element(By.LINK_TEXT, "p-1").click()
+    _wait(driver, "return document.documentElement.dataset.ready === '1'")
+    assert driver.find_element(By.CSS_SELECTOR, "main h1").text == "Problem p-1"
