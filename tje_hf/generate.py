@@ -9,7 +9,6 @@ state back to the host once, after decoding.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +79,7 @@ class GenerationOutput:
     sequences: torch.Tensor  # (B, L + n) including left padding
     prompt_length: int  # L, the padded prompt length
     cache: Any = None  # the KV cache generate returns (holds L + n - 1 positions)
+    prefill_time_s: float = float("nan")  # until the first step's logits: prefill + first forward
     extras: dict = field(default_factory=dict)
 
 
@@ -138,10 +138,13 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 
 
 def cache_kwarg(model) -> str:
-    """``generate``'s name for the KV cache argument: ``cache`` from Transformers 5.24, before that
-    ``past_key_values``."""
-    params = inspect.signature(model.generate).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    """``generate``'s name for the KV cache argument: ``cache`` from Transformers 5.24 on (the old
+    name still works there, with a deprecation warning), ``past_key_values`` before. ``generate``
+    takes it through ``**kwargs``, so the version decides, not the signature."""
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
 def output_cache(out) -> Any:
@@ -328,6 +331,7 @@ def generate_batch(
         kwargs[cache_kwarg(model)] = cache
     _sync(device)
     start = time.perf_counter()
+    tracker.start_clock()
     with observer_first(model, tracker), torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
                              logits_processor=processors, stopping_criteria=criteria, **kwargs)
@@ -338,7 +342,8 @@ def generate_batch(
     total = sum(r.n_generated for r in results)
     return GenerationOutput(results=results, columns=tracker.columns, wall_time_s=wall,
                             tokens_per_s=total / wall if wall > 0 else float("nan"),
-                            sequences=out.sequences, prompt_length=L, cache=output_cache(out))
+                            sequences=out.sequences, prompt_length=L, cache=output_cache(out),
+                            prefill_time_s=tracker.prefill_seconds())
 
 
 def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int,

@@ -55,6 +55,7 @@ class StepResult:
     counts: dict[str, int]
     n_invalid: int
     wall_time_s: float
+    prefill_time_s: float  # of the batched generate call this step ran in
     prompt_ids: list[int] = field(repr=False, default_factory=list)
     trace: np.ndarray | None = field(repr=False, default=None)
     segments: np.ndarray | None = field(repr=False, default=None)
@@ -174,7 +175,8 @@ def refine(
         total = sum(r.n_generated for r in out.results) or 1
         for row, (i, res) in enumerate(zip(active, out.results, strict=True)):
             results[i].steps.append(_step_result(step, seeds[row], res, plan, row, tokenizer, family, rules,
-                                                 extractor, out.wall_time_s * res.n_generated / total, batch[row]))
+                                                 extractor, out.wall_time_s * res.n_generated / total, batch[row],
+                                                 out.prefill_time_s))
         if on_step is not None:
             on_step(step, sum(r.n_generated for r in out.results))
         # 4) keep the cache and its layout for the next step
@@ -193,7 +195,7 @@ def refine(
 
 
 def _step_result(step: int, seed: int, res: SequenceResult, plan: ReusePlan, row: int, tokenizer, family: Family,
-                 rules, extractor, wall: float, prompt_ids: list[int]) -> StepResult:
+                 rules, extractor, wall: float, prompt_ids: list[int], prefill: float) -> StepResult:
     seg = res.segments.tolist() if res.segments is not None else None
     ans = answer_text(tokenizer, res.token_ids, seg, family)
     return StepResult(
@@ -201,7 +203,7 @@ def _step_result(step: int, seed: int, res: SequenceResult, plan: ReusePlan, row
         token_ids=res.token_ids, n_generated=res.n_generated, prompt_tokens=res.prompt_tokens,
         prefilled_tokens=plan.prefilled[row], reused_tokens=plan.reused[row], common_prefix=plan.common_prefix[row],
         cache=plan.mode, stop_reason=res.stop_reason, signals=res.means, counts=res.counts,
-        n_invalid=res.n_invalid, wall_time_s=wall, prompt_ids=list(prompt_ids), trace=res.trace,
+        n_invalid=res.n_invalid, wall_time_s=wall, prefill_time_s=prefill, prompt_ids=list(prompt_ids), trace=res.trace,
         segments=res.segments, alt_ids=res.alt_ids, alt_logprobs=res.alt_logprobs)
 
 

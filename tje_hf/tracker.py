@@ -105,6 +105,8 @@ class EntropyTracker(LogitsProcessor):
         """Observe ``scores`` ``(B, V)`` (raw logits when placed first); return them unchanged."""
         step = self.calls
         self.calls += 1
+        if step == 0:
+            self._mark_first_step()
         if step > 0:
             self._commit(input_ids[:, -1], step - 1)
         sig = all_signals(scores, self.ks, self.deepconf_k)
@@ -122,6 +124,38 @@ class EntropyTracker(LogitsProcessor):
             self.alt_ids[:, step] = sig["top_ids"][:, :n].to(torch.int32)
             self.alt_logprobs[:, step] = (sig["top_values"][:, :n] - sig["lse"][:, None]).to(torch.float16)
         return scores
+
+    # -- timing ------------------------------------------------------------------------------
+
+    def start_clock(self) -> None:
+        """Mark the start of ``generate``; the first observed step marks the end of the prefill."""
+        import time
+
+        if self.device.type == "cuda":
+            self._t0 = torch.cuda.Event(enable_timing=True)
+            self._t0.record()
+        else:
+            self._t0 = time.perf_counter()
+        self._t1 = None
+
+    def _mark_first_step(self) -> None:
+        import time
+
+        if getattr(self, "_t0", None) is None:
+            return
+        if self.device.type == "cuda":  # an event, not a sync: read after decoding ends
+            self._t1 = torch.cuda.Event(enable_timing=True)
+            self._t1.record()
+        else:
+            self._t1 = time.perf_counter()
+
+    def prefill_seconds(self) -> float:
+        """Seconds from :meth:`start_clock` to the first step's logits (prefill + first forward)."""
+        if getattr(self, "_t1", None) is None:
+            return float("nan")
+        if self.device.type == "cuda":
+            return self._t0.elapsed_time(self._t1) / 1000.0
+        return self._t1 - self._t0
 
     # -- state updates -------------------------------------------------------------------------
 

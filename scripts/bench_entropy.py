@@ -1,0 +1,159 @@
+"""Benchmark: the cost of tracking entropy during generation, and its memory against the naive way.
+
+1. Throughput: the same greedy generation on SmolLM2 (256 forced new tokens; batch 1 and 8)
+   with plain ``model.generate`` and with ``generate_with_entropy`` (tracker, all signals),
+   interleaved and repeated; the ratio of medians is printed.
+2. Memory: the tracker's device state against ``output_logits=True`` with entropy computed
+   afterwards (the naive approach), as the generated length grows: bytes actually held by the
+   tensors of each, plus the CUDA peak where there is a GPU.
+
+Prints a table and writes JSON (``--out``).
+
+    python scripts/bench_entropy.py --out bench_results/entropy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy, load_model  # noqa: E402
+from tje_hf.generate import build_generation_config, encode_prompts, left_pad  # noqa: E402
+from tje_hf.records import environment_info  # noqa: E402
+from tje_hf.signals import topk_entropy  # noqa: E402
+
+QUESTIONS = [
+    "Explain how a rainbow forms.", "Write a short story about a lighthouse keeper.",
+    "What are the causes of inflation?", "Describe the water cycle in detail.",
+    "How do vaccines work?", "Summarise the history of the printing press.",
+    "Why is the sky blue?", "Give advice to a new programmer.",
+]
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_generate(lm, prompts, n_tokens: int) -> float:
+    tok, model = lm.tokenizer, lm.model
+    ids, mask = left_pad(encode_prompts(tok, prompts), tok.pad_token_id, model.device)
+    decode = DecodeConfig(max_new_tokens=n_tokens, min_new_tokens=n_tokens, temperature=0.0)
+    gen = build_generation_config(model, decode, n_tokens, tok.pad_token_id)
+    sync(model.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+    sync(model.device)
+    return time.perf_counter() - start
+
+
+def tracked_generate(lm, prompts, n_tokens: int) -> float:
+    decode = DecodeConfig(max_new_tokens=n_tokens, min_new_tokens=n_tokens, temperature=0.0,
+                          signals=SignalConfig())
+    out = generate_with_entropy(lm.model, lm.tokenizer, prompts, decode)
+    assert all(r.n_generated == n_tokens for r in out.results)
+    return out.wall_time_s
+
+
+def throughput(lm, batch: int, n_tokens: int, reps: int) -> dict:
+    prompts = [[{"role": "user", "content": q}] for q in (QUESTIONS * 4)[:batch]]
+    plain_generate(lm, prompts, 8)  # warm-up
+    tracked_generate(lm, prompts, 8)
+    times = {"plain": [], "tracked": []}
+    for _ in range(reps):  # interleaved, so drift of a noisy machine hits both alike
+        times["plain"].append(plain_generate(lm, prompts, n_tokens))
+        times["tracked"].append(tracked_generate(lm, prompts, n_tokens))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "batch": batch, "new_tokens": n_tokens, "reps": reps, "times_s": times,
+        "plain_tok_s": batch * n_tokens / med["plain"], "tracked_tok_s": batch * n_tokens / med["tracked"],
+        "ratio": med["plain"] / med["tracked"],
+    }
+
+
+def memory(lm, n_tokens: int, batch: int = 1) -> dict:
+    """Bytes held by each approach's per-token state after generating ``n_tokens``."""
+    model, tok = lm.model, lm.tokenizer
+    prompts = [[{"role": "user", "content": q}] for q in QUESTIONS[:batch]]
+    ids, mask = left_pad(encode_prompts(tok, prompts), tok.pad_token_id, model.device)
+    decode = DecodeConfig(max_new_tokens=n_tokens, min_new_tokens=n_tokens, temperature=0.0,
+                          signals=SignalConfig(trace=True))
+    cuda = model.device.type == "cuda"
+    # naive: keep every step's raw logits, compute entropy afterwards
+    gen = build_generation_config(model, decode, n_tokens, tok.pad_token_id)
+    gen.output_logits = True
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        naive_h = torch.stack([topk_entropy(step, 20) for step in out.logits], dim=1)
+    naive_bytes = sum(t.numel() * t.element_size() for t in out.logits)
+    naive_peak = torch.cuda.max_memory_allocated() - base if cuda else None
+    del out, naive_h
+    # tracker: running sums + the per-token trace of every signal
+    from tje_hf import tracker as tracker_mod
+
+    held = {}
+    original = tracker_mod.EntropyTracker.finalize
+
+    def spy(self, sequences, prompt_length):
+        held["bytes"] = sum(t.numel() * t.element_size() for t in (
+            self.sums, self.counts, self.n_generated, self.n_invalid, self.alive, self.stopped, self.stop_code,
+            self.trace, self.trace_segments) if t is not None)
+        return original(self, sequences, prompt_length)
+
+    tracker_mod.EntropyTracker.finalize = spy
+    try:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        generate_with_entropy(model, tok, prompts, decode)
+        tracked_peak = torch.cuda.max_memory_allocated() - base if cuda else None
+    finally:
+        tracker_mod.EntropyTracker.finalize = original
+    return {"new_tokens": n_tokens, "batch": batch, "naive_logits_bytes": naive_bytes,
+            "tracker_state_bytes": held["bytes"], "naive_cuda_peak_bytes": naive_peak,
+            "tracker_cuda_peak_bytes": tracked_peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--out", default="bench_results/entropy.json")
+    args = parser.parse_args()
+    lm = load_model()
+    rows = [throughput(lm, b, args.tokens, args.reps) for b in args.batches]
+    print(f"\nThroughput, greedy, {args.tokens} forced new tokens, median of {args.reps} interleaved runs")
+    print("| batch | plain generate tok/s | with tracker tok/s | ratio (tracked / plain) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['plain_tok_s']:.1f} | {r['tracked_tok_s']:.1f} | {r['ratio']:.3f} |")
+    mem = [memory(lm, n) for n in args.lengths]
+    print("\nPer-token state after n new tokens (batch 1): naive output_logits vs the tracker")
+    print("| new tokens | naive logits (MiB) | tracker state (KiB) | ratio |")
+    print("|---|---|---|---|")
+    for m in mem:
+        print(f"| {m['new_tokens']} | {m['naive_logits_bytes'] / 2**20:.1f} | {m['tracker_state_bytes'] / 2**10:.1f} | "
+              f"{m['naive_logits_bytes'] / m['tracker_state_bytes']:.0f}x |")
+    result = {"throughput": rows, "memory": mem, "environment": environment_info(),
+              "model_revision": lm.revision, "threads": torch.get_num_threads()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

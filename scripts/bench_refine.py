@@ -1,0 +1,83 @@
+"""Benchmark: the refinement loop with and without KV-cache reuse between steps.
+
+4 steps on SmolLM2 with a forced ~1k generated tokens per step (min_new_tokens =
+max_new_tokens), with reuse against without, interleaved and repeated. Prints per step the
+tokens prefilled, the prefill time (start of generate to the first logits) and the step's wall
+time, and the ratios over steps 2..4; writes JSON (``--out``).
+
+    python scripts/bench_refine.py --out bench_results/refine.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from tje_hf import DecodeConfig, RefineConfig, SignalConfig, load_model  # noqa: E402
+from tje_hf.families import make_family  # noqa: E402
+from tje_hf.records import environment_info  # noqa: E402
+from tje_hf.refine import refine  # noqa: E402
+
+QUESTION = [{"role": "user", "content": "Explain, step by step, how a steam engine turns heat into motion."}]
+
+
+def one_run(lm, reuse: bool, tokens: int, steps: int, history: str) -> list[dict]:
+    decode = DecodeConfig(max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.7, seed=0,
+                          signals=SignalConfig())
+    config = RefineConfig(steps=steps, reuse_cache=reuse, history=history)
+    result = refine(lm.model, lm.tokenizer, make_family(lm.family), [QUESTION], ["bench"], config, decode)[0]
+    return [{"step": s.step, "prompt_tokens": s.prompt_tokens, "prefilled": s.prefilled_tokens,
+             "reused": s.reused_tokens, "generated": s.n_generated, "prefill_s": s.prefill_time_s,
+             "wall_s": s.wall_time_s} for s in result.steps]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=1024, help="generated tokens per step (forced)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--history", default="template", choices=["template", "continuation"])
+    parser.add_argument("--out", default="bench_results/refine.json")
+    args = parser.parse_args()
+    lm = load_model()
+    one_run(lm, True, 8, 2, args.history)  # warm-up
+    runs = {"reuse": [], "no_reuse": []}
+    for _ in range(args.reps):  # interleaved: machine drift hits both alike
+        runs["reuse"].append(one_run(lm, True, args.tokens, args.steps, args.history))
+        runs["no_reuse"].append(one_run(lm, False, args.tokens, args.steps, args.history))
+
+    def med(mode: str, step: int, key: str) -> float:
+        return statistics.median(r[step][key] for r in runs[mode])
+
+    print(f"\nSmolLM2-135M, {args.tokens} generated tokens a step, {args.history} history, "
+          f"median of {args.reps} interleaved runs, {torch.get_num_threads()} threads")
+    print("| step | prompt tokens | prefilled (reuse / none) | prefill s (reuse / none) | step s (reuse / none) |")
+    print("|---|---|---|---|---|")
+    for k in range(args.steps):
+        print(f"| {k + 1} | {runs['reuse'][0][k]['prompt_tokens']} | {runs['reuse'][0][k]['prefilled']} / "
+              f"{runs['no_reuse'][0][k]['prefilled']} | {med('reuse', k, 'prefill_s'):.2f} / "
+              f"{med('no_reuse', k, 'prefill_s'):.2f} | {med('reuse', k, 'wall_s'):.1f} / "
+              f"{med('no_reuse', k, 'wall_s'):.1f} |")
+    later = range(1, args.steps)
+    wall_ratio = sum(med("no_reuse", k, "wall_s") for k in later) / sum(med("reuse", k, "wall_s") for k in later)
+    prefill_ratio = (sum(med("no_reuse", k, "prefill_s") for k in later)
+                     / sum(med("reuse", k, "prefill_s") for k in later))
+    print(f"\nsteps 2..{args.steps}: wall time without reuse / with reuse = {wall_ratio:.2f}x; "
+          f"prefill time ratio = {prefill_ratio:.1f}x")
+    result = {"args": vars(args), "runs": runs, "wall_ratio_steps_2_on": wall_ratio,
+              "prefill_ratio_steps_2_on": prefill_ratio, "environment": environment_info(),
+              "model_revision": lm.revision, "threads": torch.get_num_threads()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

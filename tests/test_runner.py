@@ -1,0 +1,200 @@
+"""The runner end to end on the real default model: records, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tje_hf.cli import main
+from tje_hf.config import load_run_config
+from tje_hf.records import RunDir, read_records, read_trace
+from tje_hf.runner import run
+
+VOLATILE = {"finished_at", "wall_time_s", "prefill_time_s"}
+
+
+def small_config(tmp_path: Path, name: str = "run", **extra) -> Path:
+    data = {
+        "model": {"name_or_path": "builtin:smollm2"},
+        "task": {"name": "arith", "size": 6, "seed": 3},
+        "decode": {"max_new_tokens": 10, "temperature": 0.7, "signals": {"trace": True, "trace_alternatives": 3}},
+        "refine": {"steps": 2},
+        "batch_size": 2,
+        "seed": 1,
+        "out_dir": str(tmp_path / name),
+    }
+    for key, value in extra.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def error_lines(capsys) -> list[str]:
+    """The error lines the CLI printed (progress bars of libraries aside)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("tje: error:")]
+
+
+def stable(records: list[dict]) -> list[dict]:
+    """Records without the fields that legitimately differ between two runs (clock times)."""
+    out = []
+    for rec in records:
+        rec = {k: v for k, v in rec.items() if k not in VOLATILE}
+        rec["steps"] = [{k: v for k, v in s.items() if k not in VOLATILE | {"trace"}} for s in rec["steps"]]
+        out.append(rec)
+    return out
+
+
+def test_run_writes_complete_records(tmp_path, smollm2):
+    cfg = load_run_config(small_config(tmp_path))
+    summary = run(cfg, lm=smollm2, progress=False)
+    records = read_records(cfg.out_dir)
+    assert summary.n_problems == len(records) == 6
+    assert [r["index"] for r in records] == list(range(6))
+    env = json.loads((Path(cfg.out_dir) / "environment.json").read_text())
+    assert env["model_revision"].startswith("gguf-") and "torch" in env["versions"]
+    for rec in records:
+        assert len(rec["steps"]) == 2 and rec["config_hash"] == records[0]["config_hash"]
+        for step in rec["steps"]:
+            assert step["prompt_tokens"] == step["prefilled_tokens"] + step["reused_tokens"]
+            assert step["correct"] in (True, False, None)
+            assert (step["correct"] is None) == (step["answer"] is None)
+            trace = read_trace(cfg.out_dir, step["trace"])
+            assert len(trace) == step["n_generated"] == step["counts"]["all"]
+            assert trace["alt_ids"].shape == (step["n_generated"], 3)
+            col = step["trace"]["columns"].index("topk_entropy@20")
+            assert step["signals"]["all"]["topk_entropy@20"] == pytest.approx(float(trace["values"][:, col].mean()),
+                                                                              abs=1e-5)
+        assert rec["steps"][1]["reused_tokens"] > 0
+    # same config again: nothing to do, nothing duplicated
+    again = run(cfg, lm=smollm2, progress=False)
+    assert again.n_new == 0 and len(read_records(cfg.out_dir)) == 6
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, smollm2):
+    reference_cfg = load_run_config(small_config(tmp_path, "reference"))
+    run(reference_cfg, lm=smollm2, progress=False)
+    reference = read_records(reference_cfg.out_dir)
+
+    killed_yaml = small_config(tmp_path, "killed")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tje_hf.cli", "run", "--config", str(killed_yaml), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill once some, but not all, problems are recorded
+        if (out / "records.jsonl").exists() and len(read_records(out)) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_records(out)
+    assert 2 <= len(partial) < 6, "the run must be killed mid-way"
+    # a crash in the middle of a write leaves a torn line: it is dropped and cut on resume
+    with open(out / "records.jsonl", "ab") as f:
+        f.write(b'{"schema": 1, "problem_id": "torn')
+    assert len(read_records(out)) == len(partial)
+    assert main(["run", "--config", str(killed_yaml), "--no-progress"]) == 0
+    resumed = read_records(out)
+    assert [r["problem_id"] for r in resumed] == [r["problem_id"] for r in reference]
+    assert stable(resumed) == stable(reference)
+    # the traces agree as well
+    for a, b in zip(resumed, reference, strict=True):
+        for sa, sb in zip(a["steps"], b["steps"], strict=True):
+            assert (read_trace(out, sa["trace"]) == read_trace(reference_cfg.out_dir, sb["trace"])).all()
+
+
+def test_another_config_in_the_same_directory_is_an_error(tmp_path, smollm2, capsys):
+    first = small_config(tmp_path, "same", task={"size": 2})
+    assert main(["run", "--config", str(first), "--no-progress"]) == 0
+    n = len(read_records(tmp_path / "same"))
+    assert main(["run", "--config", str(first), "--no-progress", "decode.temperature=0.3"]) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "config hash" in err[0] and "--overwrite" in err[0]
+    assert len(read_records(tmp_path / "same")) == n  # nothing lost
+    assert main(["run", "--config", str(first), "--no-progress", "--overwrite", "decode.temperature=0.3"]) == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("decode.temprature=0.5", "unknown config key 'decode.temprature'"),
+    ("decode.temperature=hot", "config field 'decode.temperature' = 'hot': expected a number"),
+    ("refine.steps=0", "config field 'refine.steps' = 0: must be >= 1"),
+    ("task.name=nope", "nope"),
+])
+def test_bad_config_is_a_one_line_error(tmp_path, capsys, override, message):
+    path = small_config(tmp_path)
+    assert main(["run", "--config", str(path), "--no-progress", override]) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and message in err[0]
+
+
+def test_missing_dataset_column_is_a_one_line_error(tmp_path, capsys):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n")
+    path = small_config(tmp_path, task={"name": "local", "path": str(data),
+                                        "columns": {"id": "id", "question": "q", "answer": "a"}})
+    assert main(["run", "--config", str(path), "--no-progress"]) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "'id'" in err[0]
+
+
+def _tiny_model_dir(tmp_path: Path, smollm2, *, template: bool, context: int) -> Path:
+    from conftest import build_tiny_qwen3_moe
+
+    model = build_tiny_qwen3_moe()
+    model.config.max_position_embeddings = context
+    out = tmp_path / f"tiny-{template}-{context}"
+    model.save_pretrained(out)
+    tok = smollm2.tokenizer
+    saved_template = tok.chat_template
+    try:
+        if not template:
+            tok.chat_template = None
+        tok.save_pretrained(out)
+    finally:
+        tok.chat_template = saved_template
+    if not template:
+        (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out
+
+
+def test_model_without_chat_template_is_a_one_line_error(tmp_path, smollm2, capsys):
+    model_dir = _tiny_model_dir(tmp_path, smollm2, template=False, context=4096)
+    path = small_config(tmp_path, model={"name_or_path": str(model_dir), "family": "generic"})
+    assert main(["run", "--config", str(path), "--no-progress"]) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "no chat template" in err[0]
+
+
+def test_prompt_longer_than_context_is_an_error_and_keeps_records(tmp_path, smollm2, capsys):
+    model_dir = _tiny_model_dir(tmp_path, smollm2, template=True, context=80)
+    data = tmp_path / "qa.jsonl"
+    rows = [{"id": "short", "q": "1+1?", "a": "2"}, {"id": "long", "q": "word " * 200, "a": "3"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = small_config(tmp_path, model={"name_or_path": str(model_dir), "family": "generic"},
+                        task={"name": "local", "path": str(data), "columns": {"id": "id", "question": "q",
+                                                                             "answer": "a"}},
+                        batch_size=1, refine={"steps": 1}, decode={"max_new_tokens": 4})
+    assert main(["run", "--config", str(path), "--no-progress"]) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "does not fit the model's context of 80 tokens" in err[0]
+    assert [r["problem_id"] for r in read_records(tmp_path / "run")] == ["short"]
+
+
+def test_torn_line_is_cut_when_the_run_reopens(tmp_path):
+    run_dir = RunDir.open(tmp_path / "r", {"a": 1}, "h1")
+    run_dir.append({"problem_id": "1", "steps": []})
+    with open(run_dir.records_path, "ab") as f:
+        f.write(b'{"problem_id": "2", "st')
+    assert [r["problem_id"] for r in read_records(tmp_path / "r")] == ["1"]
+    reopened = RunDir.open(tmp_path / "r", {"a": 1}, "h1")
+    reopened.append({"problem_id": "3", "steps": []})
+    assert [r["problem_id"] for r in read_records(tmp_path / "r")] == ["1", "3"]

@@ -1,0 +1,219 @@
+"""``tje``: the command line. Parses arguments and calls one library function per command.
+
+    tje demo                                  the whole pipeline on the built-in default
+    tje run --config configs/runs/X.yaml      a run (resumes; key=value overrides)
+    tje report RUN_DIR                        calibration, early-stopping evaluation, plots
+    tje compare RUN_DIR RUN_DIR ... --out D   several models' calibration side by side
+    tje view RUN_DIR                          the token-level trace viewer (one HTML file)
+    tje calibrate RUN_DIR                     the four thresholds as JSON
+    tje merge RUN_DIR                         join the shards of a data-parallel run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_run_config
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "runs" / "demo.yaml"
+
+EPILOG = """Overrides: any config field as key.path=value (YAML values), e.g.
+  tje run --config configs/runs/gpt-oss-20b_aime24.yaml decode.max_new_tokens=2048 batch_size=4
+Data parallel: `accelerate launch --multi_gpu --num_processes N -m tje_hf.cli run --config ...` runs one
+process per GPU, each on
+a disjoint shard of problems; the shards are merged when all are done (resume works per shard)."""
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .families import FamilyError
+    from .generate import PromptTooLongError
+    from .models import ModelLoadError
+    from .records import RunDirError
+    from .tasks import TaskError
+
+    return (ConfigError, FamilyError, PromptTooLongError, ModelLoadError, RunDirError, TaskError,
+            FileNotFoundError)
+
+
+def _distributed() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) under ``accelerate launch`` / torchrun, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import merge_shards, run
+
+    cfg = load_run_config(args.config, args.set + args.overrides)
+    dist = _distributed()
+    device = None
+    shard = None
+    if dist is not None:
+        import torch
+
+        rank, world, local = dist
+        shard = (rank, world)
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    summary = run(cfg, overwrite=args.overwrite, progress=not args.no_progress, shard=shard, device=device)
+    if dist is not None:
+        _barrier()
+        if dist[0] != 0:
+            return 0
+        merge_shards(cfg.out_dir)
+        from .runner import summarize
+
+        summary = summarize(cfg.out_dir)
+    print(summary.table())
+    print(f"\nrecords: {Path(cfg.out_dir) / 'records.jsonl'} ({summary.n_problems} problems, "
+          f"{summary.n_new} new, {summary.wall_time_s:.0f} s)")
+    return 0
+
+
+def _barrier() -> None:
+    """Wait until every process of a distributed launch is done with its shard."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .runner import run
+    from .viewer import write_viewer
+
+    overrides = [f"out_dir={args.out}"] + args.set
+    cfg = load_run_config(DEMO_CONFIG, overrides)
+    print(f"tje demo: {cfg.task.size} problems of the built-in '{cfg.task.name}' task, "
+          f"{cfg.refine.steps} refinement steps each, model {cfg.model.name_or_path}", flush=True)
+    summary = run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    print(summary.table())
+    report = write_report(cfg.out_dir)
+    viewer = write_viewer(cfg.out_dir)
+    print(f"\nrun:     {cfg.out_dir} ({summary.n_problems} problems, {summary.wall_time_s:.0f} s)")
+    print(f"report:  {report}")
+    print(f"viewer:  {viewer}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.run_dir, args.out, signal=args.signal, segment=args.segment))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_runs
+
+    print(compare_runs(args.run_dirs, args.out, signal=args.signal, segment=args.segment))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import write_viewer
+
+    print(write_viewer(args.run_dir, args.out, signal=args.signal, problems=args.problem or None))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate_records
+    from .records import read_records
+
+    cal = calibrate_records(read_records(args.run_dir), signal=args.signal, segment=args.segment, step=args.step)
+    print(json.dumps(cal.to_json(), indent=2))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .runner import merge_shards, summarize
+
+    merge_shards(args.run_dir)
+    print(summarize(args.run_dir).table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tje", description="Think Just Enough: entropy-gated self-refinement with Hugging Face Transformers.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def signal_args(p):
+        p.add_argument("--signal", default="topk_entropy@20",
+                       help="signal column (default topk_entropy@20, bits; higher = more uncertain)")
+        p.add_argument("--segment", default="all", choices=["all", "reasoning", "answer"],
+                       help="which tokens the step mean covers (default all)")
+
+    p = sub.add_parser("run", help="run a model over a task with the refinement loop (resumable)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="a run YAML file (configs/runs/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
+    p.add_argument("--overwrite", action="store_true", help="start an existing run directory over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in default model and task")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report/report.md with tables and plots")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/report)")
+    signal_args(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="compare several runs' calibration (which model knows when it knows)")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True, help="output directory")
+    signal_args(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("view", help="write the token-level trace viewer (self-contained HTML)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output file (default RUN_DIR/viewer.html)")
+    p.add_argument("--problem", action="append", default=[], help="only these problem ids (repeatable)")
+    p.add_argument("--signal", default="topk_entropy@20", help="the signal that colours tokens")
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("calibrate", help="print the four thresholds computed from a run's step-1 records")
+    p.add_argument("run_dir")
+    p.add_argument("--step", type=int, default=1)
+    signal_args(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("merge", help="merge the shards of a data-parallel run into records.jsonl")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        return args.func(args)
+    except _known_errors() as exc:
+        print(f"tje: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
