@@ -23,12 +23,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy, load_model  # noqa: E402
-from tje_hf.generate import build_generation_config, encode_prompts, left_pad  # noqa: E402
-from tje_hf.records import environment_info  # noqa: E402
-from tje_hf.signals import topk_entropy  # noqa: E402
+from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy, load_model
+from tje_hf.generate import build_generation_config, encode_prompts, left_pad
+from tje_hf.records import environment_info
+from tje_hf.signals import topk_entropy
 
 QUESTIONS = [
     "Explain how a rainbow forms.", "Write a short story about a lighthouse keeper.",

@@ -18,12 +18,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from tje_hf import DecodeConfig, RefineConfig, SignalConfig, load_model  # noqa: E402
-from tje_hf.families import make_family  # noqa: E402
-from tje_hf.records import environment_info  # noqa: E402
-from tje_hf.refine import refine  # noqa: E402
+from tje_hf import DecodeConfig, RefineConfig, SignalConfig, load_model
+from tje_hf.families import make_family
+from tje_hf.records import environment_info
+from tje_hf.refine import refine
 
 QUESTION = [{"role": "user", "content": "Explain, step by step, how a steam engine turns heat into motion."}]
 

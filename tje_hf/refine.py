@@ -49,7 +49,7 @@ class StepResult:
     prefilled_tokens: int
     reused_tokens: int
     common_prefix: int
-    cache: str  # "none" | "reused" | "fresh"
+    cache: str  # "none" | "reused" | "fresh" | "prefix-cache" (a serving engine's own)
     stop_reason: str
     signals: dict[str, dict[str, float]]
     counts: dict[str, int]
@@ -119,7 +119,8 @@ def refine(
     """Run the refinement loop over a batch of problems.
 
     Args:
-        model, tokenizer, family: the loaded model and its family profile.
+        model, tokenizer, family: the loaded model (a Transformers model, or a
+            ``tje_hf.backends.VllmBackend``) and its family profile.
         conversations: per problem, the step-1 messages (system and user turns).
         problem_ids: per problem, its id (seeds derive from ``(run_seed, id, step)``).
         config: steps N, instruction, policy (``all`` | ``gate`` with ``tau``), history mode,
@@ -135,8 +136,10 @@ def refine(
         raise ValueError(f"{len(conversations)} conversations but {len(problem_ids)} problem ids")
     rules = family.segment_rules(tokenizer)
     pad = pad_token_id(tokenizer)
-    device = model.device
-    eos = set(_eos_ids(model, tokenizer))
+    # A serving engine (the vLLM backend) generates from token ids and manages its own cache.
+    engine = getattr(model, "is_serving_engine", False)
+    device = None if engine else model.device
+    eos = {tokenizer.eos_token_id} if engine else set(_eos_ids(model, tokenizer))
     n = len(conversations)
     messages = [list(c) for c in conversations]
     prompts = [family.render(tokenizer, m) for m in messages]
@@ -159,19 +162,26 @@ def refine(
                     prompts[i] = prev.prompt_ids + prev.token_ids + continuation_suffix(
                         family, tokenizer, config.instruction, ended)
         batch = [prompts[i] for i in active]
-        # 2) reuse what the cache holds, prefill the rest
-        if config.reuse_cache and prefix is not None:
-            rows = [prefix_rows.index(i) for i in active]
-            plan = plan_reuse(prefix, batch, pad, device, rows=rows)
-        else:
-            plan = plan_reuse(None, batch, pad, device)
-        cache = plan.cache
-        if config.reuse_cache and cache is None:
-            cache = new_cache(model)
-        # 3) generate
         seeds = [derive_seed(run_seed, results[i].problem_id, step) for i in active]
-        out = generate_batch(model, tokenizer, plan.input_ids, plan.attention_mask, decode, seeds=seeds,
-                             segment_rules=rules, cache=cache)
+        if engine:
+            # 2-3) a serving engine reuses prompt prefixes by itself (vLLM prefix caching)
+            out = model.generate(batch, decode, seeds=seeds, segment_rules=rules)
+            cached = out.extras.get("cached_prompt_tokens") or [0] * len(batch)
+            plan = ReusePlan(None, None, None, list(cached), [len(x) - c for x, c in zip(batch, cached, strict=True)],
+                             list(cached), "prefix-cache" if step > 1 else "none")
+        else:
+            # 2) reuse what the cache holds, prefill the rest
+            if config.reuse_cache and prefix is not None:
+                rows = [prefix_rows.index(i) for i in active]
+                plan = plan_reuse(prefix, batch, pad, device, rows=rows)
+            else:
+                plan = plan_reuse(None, batch, pad, device)
+            cache = plan.cache
+            if config.reuse_cache and cache is None:
+                cache = new_cache(model)
+            # 3) generate
+            out = generate_batch(model, tokenizer, plan.input_ids, plan.attention_mask, decode, seeds=seeds,
+                                 segment_rules=rules, cache=cache)
         total = sum(r.n_generated for r in out.results) or 1
         for row, (i, res) in enumerate(zip(active, out.results, strict=True)):
             results[i].steps.append(_step_result(step, seeds[row], res, plan, row, tokenizer, family, rules,
@@ -180,7 +190,7 @@ def refine(
         if on_step is not None:
             on_step(step, sum(r.n_generated for r in out.results))
         # 4) keep the cache and its layout for the next step
-        if config.reuse_cache:
+        if config.reuse_cache and not engine:
             prefix = CachedPrefix.after_generate(out.cache, out.sequences, plan.attention_mask,
                                                  [r.n_generated for r in out.results])
             prefix_rows = list(active)

@@ -82,6 +82,9 @@ class VllmBackend:
     ``logprobs_mode`` is always ``"raw_logprobs"``; ``max_logprobs`` defaults to ``num_logprobs``.
     """
 
+    #: ``tje_hf.refine`` hands whole prompts to a serving engine and lets it reuse prefixes itself.
+    is_serving_engine = True
+
     def __init__(
         self,
         model_path: str,
