@@ -23,7 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install_browser.sh
+	bash scripts/setup_vllm_env.sh
 	$(PY) -m pytest -q tests
+	.venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests_vllm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tje_hf tests scripts

@@ -4,9 +4,21 @@ Top-k entropy from raw logits, streamed during ``generate``; an entropy-gated se
 loop; threshold calibration and model comparison. The public API is what ``__all__`` names.
 """
 
-from .config import DecodeConfig, ModelSpec, RefineConfig, RunConfig, SignalConfig, load_run_config
+from .calibration import Calibration, calibrate, calibrate_records
+from .config import (
+    DecodeConfig,
+    ModelSpec,
+    RefineConfig,
+    RunConfig,
+    SignalConfig,
+    TaskConfig,
+    load_run_config,
+)
+from .evaluation import evaluate_run
 from .generate import GenerationOutput, SequenceResult, generate_with_entropy
 from .models import LoadedModel, load_model
+from .refine import RefineResult, StepResult, refine
+from .runner import run
 from .signals import (
     deepconf_confidence,
     full_entropy,
@@ -20,22 +32,31 @@ from .tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
 __version__ = "0.1.0"
 
 __all__ = [
+    "Calibration",
     "DecodeConfig",
     "EntropyTracker",
     "GenerationOutput",
     "LoadedModel",
     "ModelSpec",
     "RefineConfig",
+    "RefineResult",
     "RunConfig",
     "SequenceResult",
     "SignalConfig",
+    "StepResult",
+    "TaskConfig",
     "TokenBudgetStop",
     "WindowMeanStop",
+    "calibrate",
+    "calibrate_records",
     "deepconf_confidence",
+    "evaluate_run",
     "full_entropy",
     "generate_with_entropy",
     "load_model",
     "load_run_config",
+    "refine",
+    "run",
     "self_certainty",
     "token_logprob",
     "topk_entropies",

@@ -136,14 +136,18 @@ def read_trace(run_dir: str | Path, ref: dict | TraceRef) -> np.ndarray:
     """One step's trace: a structured array with ``values`` ``(n, S)`` float32 (columns in
     ``ref.columns``), ``segment`` ``(n,)`` int8, ``token`` ``(n,)`` int32 and, when recorded,
     ``alt_ids`` ``(n, a)`` int32 and ``alt_logprobs`` ``(n, a)`` float16."""
+    return _read_trace_file(Path(run_dir) / TRACES, ref)
+
+
+def _read_trace_file(path: Path, ref: dict | TraceRef) -> np.ndarray:
     if isinstance(ref, dict):
         ref = TraceRef.from_json(ref)
     dtype = trace_dtype(len(ref.columns), ref.n_alt)
-    with open(Path(run_dir) / TRACES, "rb") as f:
+    with open(path, "rb") as f:
         f.seek(ref.offset)
         buf = f.read(dtype.itemsize * ref.n_tokens)
     if len(buf) != dtype.itemsize * ref.n_tokens:
-        raise RunDirError(f"{run_dir}/{TRACES}: trace at offset {ref.offset} is truncated")
+        raise RunDirError(f"{path}: trace at offset {ref.offset} is truncated")
     return np.frombuffer(buf, dtype=dtype)
 
 
@@ -241,6 +245,10 @@ class RunDir:
 
     def records(self) -> list[dict]:
         return read_records(self.records_path)
+
+    def read_trace(self, ref: dict | TraceRef) -> np.ndarray:
+        """A trace this run directory (or shard) wrote; see :func:`read_trace`."""
+        return _read_trace_file(self.traces_path, ref)
 
     def append_trace(self, trace: np.ndarray, columns: tuple[str, ...]) -> TraceRef:
         """Append one step's trace (from :func:`pack_trace`); durable when this returns."""
