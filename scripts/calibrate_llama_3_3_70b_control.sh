@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The negative control: meta-llama/Llama-3.3-70B-Instruct (no reasoning post-training; gated on the
+# Hub, HF_TOKEN) on AIME 2024, AIME 2025 and GPQA-Diamond with the paper's settings
+# (configs/runs/llama-3.3-70b-instruct_*.yaml: 4 refinement steps of at most 8192 new tokens,
+# policy "all", temperature 0.7, batch 16, device_map auto), then one report per run and a comparison.
+#
+# GPU memory (tje_hf.memory; `python -m tje_hf.memory llama-3.3-70b --batch 16 --context 16384`;
+# 16k tokens per sequence bounds prompt + earlier answers, which this family keeps whole, + 8192 new):
+#   bf16: weights 131.4 GiB + KV cache 80.0 GiB (80 layers x 320 KiB/token) + logits 0.1 GiB
+#     = 211.5 GiB -> two H200 or three/four 80 GB GPUs (device_map auto).
+#   model.quantization=4bit: weights 39.8 GiB, but the KV cache still needs 80 GiB at batch 16:
+#     119.8 GiB -> one H200; on one 80 GB GPU use batch_size=6 (39.8 + 30.0 = 69.8 GiB; batch 8
+#     would need 79.8 GiB). Keep ~10 % free for activations.
+#
+# Wall time: tokens / throughput. Assumed: ~110 ms a decode step at batch 16 (80 layers; the
+# GPUs of device_map auto work one after another) = ~145 tokens/s; assumed mean tokens per step
+# (short answers): 1000 on AIME, 700 on GPQA.
+#   aime24 / aime25: 30 problems x 4 steps x 1000 / 145 = ~0.25 h each
+#   gpqa_diamond:   198 problems x 4 steps x 700 / 145 = ~1.1 h
+#   total ~1.5 h; more when some rows ramble to the 8192 cap, since a batch decodes until its
+#   longest row stops: at worst ceil(problems / 16) x 4 steps x 8192 steps x 110 ms = ~17 h.
+# Runs resume where they stopped: run this script again after an interruption.
+#
+# Extra arguments go to every `tje run` as overrides, e.g. `model.quantization=4bit batch_size=8`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TJE=${TJE:-$(command -v tje || echo .venv/bin/tje)}
+PY=${PY:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}
+read -r -a RUN <<< "${TJE_RUN:-$TJE run}"
+MODEL=llama-3.3-70b-instruct
+TASKS=(aime24 aime25 gpqa_diamond)
+
+"$PY" -m tje_hf.memory llama-3.3-70b --batch 16 --context 16384
+run_dirs=()
+for task in "${TASKS[@]}"; do
+    "${RUN[@]}" --config "configs/runs/${MODEL}_${task}.yaml" "$@"
+    run_dirs+=("runs/${MODEL}_${task}")
+done
+for dir in "${run_dirs[@]}"; do
+    "$TJE" report "$dir"
+done
+"$TJE" compare "${run_dirs[@]}" --out "runs/compare_${MODEL}"

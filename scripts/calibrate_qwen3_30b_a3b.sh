@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Calibration runs of Qwen/Qwen3-30B-A3B-Thinking-2507 and Qwen/Qwen3-30B-A3B-Instruct-2507 on
+# AIME 2024, AIME 2025 and GPQA-Diamond (the paper's settings: configs/runs/qwen3-30b-a3b-*-2507_*.yaml:
+# 4 refinement steps of at most 8192 new tokens, policy "all", temperature 0.7, batch 16), then one
+# report per run and one comparison of all six.
+#
+# GPU memory, each variant (tje_hf.memory; `python -m tje_hf.memory qwen3-30b-a3b --batch 16
+# --context 16384`; 16k tokens per sequence bounds prompt + earlier answers + 8192 new):
+#   bf16: weights 56.9 GiB + KV cache 24.0 GiB (48 layers x 96 KiB/token) + logits 0.1 GiB
+#     = 80.9 GiB -> one H200 (141 GB), or two 80 GB GPUs with model.device_map=auto; on ONE 80 GB
+#     GPU use batch_size=8 (56.9 + 12.0 = 68.9 GiB). Keep ~10 % free for activations.
+#   model.quantization=4bit does NOT help here: bitsandbytes (Transformers 5.x) quantises nn.Linear
+#     layers only, and the 29 B fused MoE expert parameters stay bf16 (weights 55.7 GiB).
+#
+# Wall time: tokens / throughput. Assumed: Transformers' decode at batch 16 takes ~80 ms a step
+# (48 layers, 128 experts; replace with the batch-32 ms/step that scripts/gpu_check.py measures)
+# = ~200 tokens/s; assumed mean tokens per step: Thinking 7000 on AIME, 5000 on GPQA; Instruct
+# 3000 on AIME, 1200 on GPQA.
+#   Thinking: 2 x (30 x 4 x 7000 / 200 = ~1.2 h) + 198 x 4 x 5000 / 200 = ~5.5 h  -> ~7.8 h
+#   Instruct: 2 x (30 x 4 x 3000 / 200 = ~0.5 h) + 198 x 4 x 1200 / 200 = ~1.3 h  -> ~2.3 h
+#   total ~10 h; up to ~25 h because a batch decodes until its longest row stops (the 8192 cap
+#   at worst): ceil(problems / 16) x 4 steps x 8192 steps x 80 ms = ~12.4 h per variant.
+# Runs resume where they stopped: run this script again after an interruption.
+#
+# Extra arguments go to every `tje run` as overrides, e.g. `batch_size=8 model.device_map=auto`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TJE=${TJE:-$(command -v tje || echo .venv/bin/tje)}
+PY=${PY:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}
+read -r -a RUN <<< "${TJE_RUN:-$TJE run}"
+MODELS=(qwen3-30b-a3b-thinking-2507 qwen3-30b-a3b-instruct-2507)
+TASKS=(aime24 aime25 gpqa_diamond)
+
+"$PY" -m tje_hf.memory qwen3-30b-a3b --batch 16 --context 16384
+run_dirs=()
+for model in "${MODELS[@]}"; do
+    for task in "${TASKS[@]}"; do
+        "${RUN[@]}" --config "configs/runs/${model}_${task}.yaml" "$@"
+        run_dirs+=("runs/${model}_${task}")
+    done
+done
+for dir in "${run_dirs[@]}"; do
+    "$TJE" report "$dir"
+done
+"$TJE" compare "${run_dirs[@]}" --out runs/compare_qwen3-30b-a3b
