@@ -170,35 +170,69 @@ def token_logprob(logits: torch.Tensor, token_ids: torch.Tensor, *, check: bool 
     return x.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
+_INDEX_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _column_index(cols: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A cached index tensor: built once per device, not copied to the device at every step."""
+    key = (cols, str(device))
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = torch.tensor(cols, device=device)
+    return _INDEX_CACHE[key]
+
+
+_MASKED = -1.0e4  # a logit this far below the maximum has probability < e^-10000: exactly 0 in float32
+
+
 def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20) -> dict[str, torch.Tensor]:
-    """Every signal except the generated token's log-probability, from one pass, unchecked.
+    """Every signal except the generated token's log-probability, in few passes, unchecked.
 
     Returns ``topk_entropy`` ``(..., len(ks))`` bits, ``full_entropy``, ``deepconf_confidence`` and
     ``self_certainty`` ``(...)``, and ``lse`` ``(...)`` (the full-vocabulary log-normaliser, nats),
-    plus ``top_values``/``top_ids`` ``(..., kmax)`` for callers that keep alternatives. Rows flagged
-    by :func:`invalid_rows` hold NaN.
+    plus ``top_values``/``top_ids`` ``(..., kmax)`` for callers that keep alternatives. Rows with a
+    NaN or no finite logit hold NaN.
+
+    This is the decoding-loop path (``tje_hf.tracker`` calls it at every step), written for few
+    kernels: the maximum comes from the top-k call, logits are shifted by it and clamped at
+    ``-1e4`` (so masked ``-inf`` entries contribute exactly 0 without a ``where``), and all top-k
+    entropies come from one cumulative sum. The single-signal functions above are the reference
+    it is tested against.
     """
     x = _upcast(logits)
-    kmax = min(max(max(ks), deepconf_k), x.shape[-1])
+    V = x.shape[-1]
+    kmax = min(max(max(ks), deepconf_k), V)
     top = torch.topk(x, kmax, dim=-1, sorted=True)
-    lse = torch.logsumexp(x, dim=-1)
-    logp = x - lse.unsqueeze(-1)
-    p = torch.exp(logp)
-    # -sum p log p over finite entries (masked entries have p = 0 and log p = -inf); summing
-    # p * log p directly is more accurate in float32 than lse - sum p * x, which cancels.
-    plogp = torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
-    out = {
-        "topk_entropy": topk_entropies_from_sorted(top.values, ks),
-        "full_entropy": -plogp * LOG2E,
-        "deepconf_confidence": _deepconf_from_values(top.values[..., :deepconf_k], lse),
-        "self_certainty": _self_certainty_from(x, lse),
+    m = top.values[..., :1]  # (..., 1) the row maximum
+    z = (x - m).clamp_min_(_MASKED)  # (..., V) <= 0; masked entries sit at -1e4
+    e = torch.exp(z)
+    s = e.sum(-1)  # (...,) >= 1 for a valid row
+    log_s = torch.log(s)
+    lse = m.squeeze(-1) + log_s
+    ez = torch.linalg.vecdot(e, z)  # sum e*z in one kernel
+    n_masked = (z <= _MASKED).sum(-1)
+    n_finite = (V - n_masked).clamp(min=1).to(x.dtype)
+    mean_z = (z.sum(-1) - _MASKED * n_masked) / n_finite  # the mean over finite entries only
+    # top-k entropies for every k from one cumulative sum over the sorted top values:
+    # H_k = log A_k - C_k / A_k (nats), A_k = sum_{i<=k} a_i, C_k = sum_{i<=k} a_i z_i, a = e^z.
+    tz = (top.values - m).clamp_min(_MASKED)
+    ta = torch.exp(tz)
+    A = torch.cumsum(ta, -1)
+    C = torch.cumsum(ta * tz, -1)
+    idx = _column_index(tuple(min(k, kmax) - 1 for k in ks), x.device)
+    A_k, C_k = A.index_select(-1, idx), C.index_select(-1, idx)
+    topk_h = (torch.log(A_k) - C_k / A_k) * LOG2E
+    # DeepConf: -(1/k) sum of the top-k log-probs over the finite ones among them.
+    kd = min(deepconf_k, kmax)
+    finite_top = (tz[..., :kd] > _MASKED).sum(-1).clamp(min=1).to(x.dtype)
+    deepconf = log_s - (tz[..., :kd] * (tz[..., :kd] > _MASKED)).sum(-1) / finite_top
+    bad = ~torch.isfinite(lse)  # a NaN anywhere, or every entry masked (lse = -inf or NaN)
+    nan = float("nan")
+    return {
+        "topk_entropy": topk_h.masked_fill(bad.unsqueeze(-1), nan),
+        "full_entropy": ((log_s - ez / s) * LOG2E).masked_fill(bad, nan),
+        "deepconf_confidence": deepconf.masked_fill(bad, nan),
+        "self_certainty": (-torch.log(n_finite) - mean_z + log_s).masked_fill(bad, nan),
         "lse": lse,
         "top_values": top.values,
         "top_ids": top.indices,
     }
-    bad = invalid_rows(logits)
-    for name in ("topk_entropy", "full_entropy", "deepconf_confidence", "self_certainty"):
-        value = out[name]
-        mask = bad.unsqueeze(-1) if value.dim() > bad.dim() else bad
-        out[name] = value.masked_fill(mask, float("nan"))
-    return out
