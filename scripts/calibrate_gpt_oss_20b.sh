@@ -24,21 +24,6 @@
 # Extra arguments go to every `tje run` as overrides, e.g. `batch_size=8`. Data parallel over
 # GPUs: TJE_RUN="accelerate launch -m tje_hf.cli run" scripts/calibrate_gpt_oss_20b.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-TJE=${TJE:-$(command -v tje || echo .venv/bin/tje)}
-PY=${PY:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}
-read -r -a RUN <<< "${TJE_RUN:-$TJE run}"
-MODEL=gpt-oss-20b
-TASKS=(aime24 aime25 gpqa_diamond)
-
-"$PY" -m tje_hf.memory gpt-oss-20b --batch 16 --context 16384 --quantization mxfp4
-run_dirs=()
-for task in "${TASKS[@]}"; do
-    "${RUN[@]}" --config "configs/runs/${MODEL}_${task}.yaml" "$@"
-    run_dirs+=("runs/${MODEL}_${task}")
-done
-for dir in "${run_dirs[@]}"; do
-    "$TJE" report "$dir"
-done
-"$TJE" compare "${run_dirs[@]}" --out "runs/compare_${MODEL}"
+MODELS=(gpt-oss-20b)
+MEMORY_ARGS=(gpt-oss-20b --batch 16 --context 16384 --quantization mxfp4)
+source "$(dirname "$0")/calibrate_common.sh"

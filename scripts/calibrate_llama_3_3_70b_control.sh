@@ -23,21 +23,6 @@
 #
 # Extra arguments go to every `tje run` as overrides, e.g. `model.quantization=4bit batch_size=8`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-TJE=${TJE:-$(command -v tje || echo .venv/bin/tje)}
-PY=${PY:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}
-read -r -a RUN <<< "${TJE_RUN:-$TJE run}"
-MODEL=llama-3.3-70b-instruct
-TASKS=(aime24 aime25 gpqa_diamond)
-
-"$PY" -m tje_hf.memory llama-3.3-70b --batch 16 --context 16384
-run_dirs=()
-for task in "${TASKS[@]}"; do
-    "${RUN[@]}" --config "configs/runs/${MODEL}_${task}.yaml" "$@"
-    run_dirs+=("runs/${MODEL}_${task}")
-done
-for dir in "${run_dirs[@]}"; do
-    "$TJE" report "$dir"
-done
-"$TJE" compare "${run_dirs[@]}" --out "runs/compare_${MODEL}"
+MODELS=(llama-3.3-70b-instruct)
+MEMORY_ARGS=(llama-3.3-70b --batch 16 --context 16384)
+source "$(dirname "$0")/calibrate_common.sh"

@@ -24,23 +24,6 @@
 #
 # Extra arguments go to every `tje run` as overrides, e.g. `batch_size=8 model.device_map=auto`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-TJE=${TJE:-$(command -v tje || echo .venv/bin/tje)}
-PY=${PY:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}
-read -r -a RUN <<< "${TJE_RUN:-$TJE run}"
 MODELS=(qwen3-30b-a3b-thinking-2507 qwen3-30b-a3b-instruct-2507)
-TASKS=(aime24 aime25 gpqa_diamond)
-
-"$PY" -m tje_hf.memory qwen3-30b-a3b --batch 16 --context 16384
-run_dirs=()
-for model in "${MODELS[@]}"; do
-    for task in "${TASKS[@]}"; do
-        "${RUN[@]}" --config "configs/runs/${model}_${task}.yaml" "$@"
-        run_dirs+=("runs/${model}_${task}")
-    done
-done
-for dir in "${run_dirs[@]}"; do
-    "$TJE" report "$dir"
-done
-"$TJE" compare "${run_dirs[@]}" --out runs/compare_qwen3-30b-a3b
+MEMORY_ARGS=(qwen3-30b-a3b --batch 16 --context 16384)
+source "$(dirname "$0")/calibrate_common.sh"

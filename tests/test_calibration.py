@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from tje_hf import calibration
 from tje_hf.calibration import (
     METHODS,
     bayes_threshold,
@@ -270,13 +269,6 @@ def _rec(pid: str, signals: dict, correct, n_generated: int = 10, steps: int = 1
     return {"problem_id": pid, "steps": [
         {"step": k, "correct": correct, "n_generated": n_generated + k, "signals": {"all": signals}}
         for k in range(1, steps + 1)]}
-
-
-def test_direction_tables_match_the_signals_module():
-    from tje_hf import signals
-
-    assert calibration.HIGHER_IS_UNCERTAIN == signals.HIGHER_IS_UNCERTAIN
-    assert calibration.UNITS == signals.UNITS
 
 
 def test_step_values_orients_and_counts_null_as_incorrect():

@@ -115,6 +115,8 @@ def test_all_signals_matches_the_single_functions():
 
 
 def test_directions_and_units_are_declared_for_every_signal():
-    assert set(signals.UNITS) == set(signals.HIGHER_IS_UNCERTAIN)
+    from tje_hf.config import SIGNAL_NAMES
+
+    assert set(signals.UNITS) == set(signals.HIGHER_IS_UNCERTAIN) == set(SIGNAL_NAMES)
     assert signals.UNITS["topk_entropy"] == "bits" and signals.HIGHER_IS_UNCERTAIN["topk_entropy"]
     assert not signals.HIGHER_IS_UNCERTAIN["deepconf_confidence"]

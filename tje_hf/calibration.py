@@ -80,25 +80,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .config import HIGHER_IS_UNCERTAIN, SIGNAL_UNITS
+
 METHODS = ("mean", "info", "bayes", "universal")
 """The threshold methods, in METHOD.md's order; ``Calibration.tau_<method>`` holds each."""
 
-# A copy of tje_hf.signals.UNITS / HIGHER_IS_UNCERTAIN: that module imports torch, this one must not.
-# tests/test_calibration.py checks that the copies agree.
-UNITS = {
-    "topk_entropy": "bits",
-    "full_entropy": "bits",
-    "deepconf_confidence": "nats",
-    "self_certainty": "nats",
-    "token_logprob": "nats",
-}
-HIGHER_IS_UNCERTAIN = {
-    "topk_entropy": True,
-    "full_entropy": True,
-    "deepconf_confidence": False,
-    "self_certainty": False,
-    "token_logprob": False,
-}
+UNITS = SIGNAL_UNITS
 
 # |a| below this fraction of max(1/(2 sigma_c^2), 1/(2 sigma_i^2)) counts as zero (equal variances).
 # Relative, so that the decision does not depend on the signal's unit.

@@ -20,8 +20,23 @@ from typing import Any, Literal
 
 import yaml
 
-# Signal names, their units and directions are documented once, in tje_hf/signals.py.
+# Signal names, units and directions (their meaning is documented in tje_hf/signals.py). Kept in
+# this torch-free module so that calibration and reports can name them without importing torch.
 SIGNAL_NAMES = ("topk_entropy", "full_entropy", "deepconf_confidence", "self_certainty", "token_logprob")
+SIGNAL_UNITS = {
+    "topk_entropy": "bits",
+    "full_entropy": "bits",
+    "deepconf_confidence": "nats",
+    "self_certainty": "nats",
+    "token_logprob": "nats",
+}
+HIGHER_IS_UNCERTAIN = {
+    "topk_entropy": True,
+    "full_entropy": True,
+    "deepconf_confidence": False,
+    "self_certainty": False,
+    "token_logprob": False,
+}
 DEFAULT_REFINE_INSTRUCTION = (
     "Review your previous reasoning, identify any gaps or errors, and give an improved solution. "
     "End with the final answer in the same format."

@@ -35,21 +35,10 @@ import math
 
 import torch
 
+from .config import SIGNAL_UNITS
+
 LOG2E = 1.0 / math.log(2.0)
-UNITS = {
-    "topk_entropy": "bits",
-    "full_entropy": "bits",
-    "deepconf_confidence": "nats",
-    "self_certainty": "nats",
-    "token_logprob": "nats",
-}
-HIGHER_IS_UNCERTAIN = {
-    "topk_entropy": True,
-    "full_entropy": True,
-    "deepconf_confidence": False,
-    "self_certainty": False,
-    "token_logprob": False,
-}
+UNITS = SIGNAL_UNITS
 DEFAULT_KS = (5, 10, 15, 20)
 
 
