@@ -115,8 +115,8 @@ def test_all_signals_matches_the_single_functions():
 
 
 def test_directions_and_units_are_declared_for_every_signal():
-    from tje_hf.config import SIGNAL_NAMES
+    from tje_hf.config import HIGHER_IS_UNCERTAIN, SIGNAL_NAMES
 
-    assert set(signals.UNITS) == set(signals.HIGHER_IS_UNCERTAIN) == set(SIGNAL_NAMES)
-    assert signals.UNITS["topk_entropy"] == "bits" and signals.HIGHER_IS_UNCERTAIN["topk_entropy"]
-    assert not signals.HIGHER_IS_UNCERTAIN["deepconf_confidence"]
+    assert set(signals.UNITS) == set(HIGHER_IS_UNCERTAIN) == set(SIGNAL_NAMES)
+    assert signals.UNITS["topk_entropy"] == "bits" and HIGHER_IS_UNCERTAIN["topk_entropy"]
+    assert not HIGHER_IS_UNCERTAIN["deepconf_confidence"]

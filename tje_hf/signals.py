@@ -38,7 +38,7 @@ import torch
 from .config import SIGNAL_UNITS
 
 LOG2E = 1.0 / math.log(2.0)
-UNITS = SIGNAL_UNITS
+UNITS = SIGNAL_UNITS  # directions: tje_hf.config.HIGHER_IS_UNCERTAIN
 DEFAULT_KS = (5, 10, 15, 20)
 
 
