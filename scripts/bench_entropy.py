@@ -56,9 +56,9 @@ def plain_generate(lm, prompts, n_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def tracked_generate(lm, prompts, n_tokens: int) -> float:
+def tracked_generate(lm, prompts, n_tokens: int, full_vocab: bool = True) -> float:
     decode = DecodeConfig(max_new_tokens=n_tokens, min_new_tokens=n_tokens, temperature=0.0,
-                          signals=SignalConfig())
+                          signals=SignalConfig(full_vocab=full_vocab))
     out = generate_with_entropy(lm.model, lm.tokenizer, prompts, decode)
     assert all(r.n_generated == n_tokens for r in out.results)
     return out.wall_time_s
@@ -68,15 +68,17 @@ def throughput(lm, batch: int, n_tokens: int, reps: int) -> dict:
     prompts = [[{"role": "user", "content": q}] for q in (QUESTIONS * 4)[:batch]]
     plain_generate(lm, prompts, 8)  # warm-up
     tracked_generate(lm, prompts, 8)
-    times = {"plain": [], "tracked": []}
-    for _ in range(reps):  # interleaved, so drift of a noisy machine hits both alike
+    times = {"plain": [], "tracked": [], "topk_only": []}
+    for _ in range(reps):  # interleaved, so drift of a noisy machine hits all alike
         times["plain"].append(plain_generate(lm, prompts, n_tokens))
         times["tracked"].append(tracked_generate(lm, prompts, n_tokens))
+        times["topk_only"].append(tracked_generate(lm, prompts, n_tokens, full_vocab=False))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "batch": batch, "new_tokens": n_tokens, "reps": reps, "times_s": times,
         "plain_tok_s": batch * n_tokens / med["plain"], "tracked_tok_s": batch * n_tokens / med["tracked"],
-        "ratio": med["plain"] / med["tracked"],
+        "topk_only_tok_s": batch * n_tokens / med["topk_only"],
+        "ratio": med["plain"] / med["tracked"], "ratio_topk_only": med["plain"] / med["topk_only"],
     }
 
 
@@ -132,16 +134,18 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--skip-memory", action="store_true", help="throughput only")
     parser.add_argument("--out", default="bench_results/entropy.json")
     args = parser.parse_args()
     lm = load_model()
     rows = [throughput(lm, b, args.tokens, args.reps) for b in args.batches]
     print(f"\nThroughput, greedy, {args.tokens} forced new tokens, median of {args.reps} interleaved runs")
-    print("| batch | plain generate tok/s | with tracker tok/s | ratio (tracked / plain) |")
-    print("|---|---|---|---|")
+    print("| batch | plain generate tok/s | tracker, all signals tok/s | ratio | tracker, top-k only tok/s | ratio |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['plain_tok_s']:.1f} | {r['tracked_tok_s']:.1f} | {r['ratio']:.3f} |")
-    mem = [memory(lm, n) for n in args.lengths]
+        print(f"| {r['batch']} | {r['plain_tok_s']:.1f} | {r['tracked_tok_s']:.1f} | {r['ratio']:.3f} | "
+              f"{r['topk_only_tok_s']:.1f} | {r['ratio_topk_only']:.3f} |")
+    mem = [] if args.skip_memory else [memory(lm, n) for n in args.lengths]
     print("\nPer-token state after n new tokens (batch 1): naive output_logits vs the tracker")
     print("| new tokens | naive logits (MiB) | tracker state (KiB) | ratio |")
     print("|---|---|---|---|")

@@ -120,3 +120,15 @@ def test_directions_and_units_are_declared_for_every_signal():
     assert set(signals.UNITS) == set(HIGHER_IS_UNCERTAIN) == set(SIGNAL_NAMES)
     assert signals.UNITS["topk_entropy"] == "bits" and HIGHER_IS_UNCERTAIN["topk_entropy"]
     assert not HIGHER_IS_UNCERTAIN["deepconf_confidence"]
+
+
+def test_topk_only_mode_gives_the_same_topk_entropies_and_nan_elsewhere():
+    torch.manual_seed(4)
+    logits = torch.randn(3, 1000) * 3
+    logits[2] = NEG_INF
+    full = all_signals(logits, (5, 20))
+    cheap = all_signals(logits, (5, 20), full_vocab=False)
+    assert torch.allclose(cheap["topk_entropy"][:2], full["topk_entropy"][:2], atol=1e-6)
+    assert torch.isnan(cheap["topk_entropy"][2]).all()
+    for name in ("full_entropy", "deepconf_confidence", "self_certainty", "lse"):
+        assert torch.isnan(cheap[name]).all()

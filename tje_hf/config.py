@@ -100,6 +100,10 @@ class SignalConfig:
     trace: bool = False
     # With the trace, also keep each token's top-n alternative ids and log-probabilities (0 = off).
     trace_alternatives: int = 0
+    # Also compute the signals that need the whole vocabulary (full entropy, self-certainty) and
+    # its normaliser (DeepConf confidence, token log-prob). False: top-k entropies only (one top-k
+    # per step; the other columns are NaN), the cheapest tracking.
+    full_vocab: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,9 @@ def _check_ranges(cfg: Any, path: str) -> None:
             raise bad("primary_k", cfg.primary_k, f"must be one of ks {cfg.ks}")
         if not 0 <= cfg.trace_alternatives <= 64:
             raise bad("trace_alternatives", cfg.trace_alternatives, "must be in [0, 64]")
+        if cfg.trace_alternatives and not cfg.full_vocab:
+            raise bad("trace_alternatives", cfg.trace_alternatives, "needs full_vocab: true (their "
+                      "log-probabilities use the full-vocabulary normaliser)")
     elif isinstance(cfg, RefineConfig):
         if cfg.steps < 1:
             raise bad("steps", cfg.steps, "must be >= 1")

@@ -307,7 +307,7 @@ def generate_batch(
     sig = config.signals
     tracker = EntropyTracker(B, max_new, sig.ks, eos_token_ids(model, tokenizer), device,
                              segment_rules=segment_rules, trace=sig.trace,
-                             trace_alternatives=sig.trace_alternatives)
+                             trace_alternatives=sig.trace_alternatives, full_vocab=sig.full_vocab)
     processors = LogitsProcessorList(list(logits_processor))
     if config.temperature > 0:
         processors.append(TemperatureLogitsWarper(config.temperature))

@@ -173,7 +173,8 @@ def _column_index(cols: tuple[int, ...], device: torch.device) -> torch.Tensor:
 _MASKED = -1.0e4  # a logit this far below the maximum has probability < e^-10000: exactly 0 in float32
 
 
-def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20) -> dict[str, torch.Tensor]:
+def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20,
+                full_vocab: bool = True) -> dict[str, torch.Tensor]:
     """Every signal except the generated token's log-probability, in few passes, unchecked.
 
     Returns ``topk_entropy`` ``(..., len(ks))`` bits, ``full_entropy``, ``deepconf_confidence`` and
@@ -185,13 +186,16 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20)
     kernels: the maximum comes from the top-k call, logits are shifted by it and clamped at
     ``-1e4`` (so masked ``-inf`` entries contribute exactly 0 without a ``where``), and all top-k
     entropies come from one cumulative sum. The single-signal functions above are the reference
-    it is tested against.
+    it is tested against. ``full_vocab=False`` computes the top-k entropies only (no pass over
+    the vocabulary beyond the top-k call); the other signals and ``lse`` are NaN.
     """
     x = _upcast(logits)
     V = x.shape[-1]
     kmax = min(max(max(ks), deepconf_k), V)
     top = torch.topk(x, kmax, dim=-1, sorted=True)
     m = top.values[..., :1]  # (..., 1) the row maximum
+    if not full_vocab:
+        return _topk_only(top, m, ks, kmax)
     z = (x - m).clamp_min_(_MASKED)  # (..., V) <= 0; masked entries sit at -1e4
     e = torch.exp(z)
     s = e.sum(-1)  # (...,) >= 1 for a valid row
@@ -201,15 +205,7 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20)
     n_masked = (z <= _MASKED).sum(-1)
     n_finite = (V - n_masked).clamp(min=1).to(x.dtype)
     mean_z = (z.sum(-1) - _MASKED * n_masked) / n_finite  # the mean over finite entries only
-    # top-k entropies for every k from one cumulative sum over the sorted top values:
-    # H_k = log A_k - C_k / A_k (nats), A_k = sum_{i<=k} a_i, C_k = sum_{i<=k} a_i z_i, a = e^z.
-    tz = (top.values - m).clamp_min(_MASKED)
-    ta = torch.exp(tz)
-    A = torch.cumsum(ta, -1)
-    C = torch.cumsum(ta * tz, -1)
-    idx = _column_index(tuple(min(k, kmax) - 1 for k in ks), x.device)
-    A_k, C_k = A.index_select(-1, idx), C.index_select(-1, idx)
-    topk_h = (torch.log(A_k) - C_k / A_k) * LOG2E
+    tz, topk_h = _topk_from_top(top.values, m, ks, kmax)
     # DeepConf: -(1/k) sum of the top-k log-probs over the finite ones among them.
     kd = min(deepconf_k, kmax)
     finite_top = (tz[..., :kd] > _MASKED).sum(-1).clamp(min=1).to(x.dtype)
@@ -224,4 +220,30 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20)
         "lse": lse,
         "top_values": top.values,
         "top_ids": top.indices,
+    }
+
+
+def _topk_from_top(values: torch.Tensor, m: torch.Tensor, ks: tuple[int, ...], kmax: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k entropies (bits) for every k from one cumulative sum over the sorted top values:
+    ``H_k = log A_k - C_k / A_k`` (nats) with ``A_k = sum_{i<=k} a_i``, ``C_k = sum_{i<=k} a_i z_i``,
+    ``a = e^z``, ``z`` the values minus the maximum. Returns (z, H) with H ``(..., len(ks))``."""
+    tz = (values - m).clamp_min(_MASKED)
+    ta = torch.exp(tz)
+    A = torch.cumsum(ta, -1)
+    C = torch.cumsum(ta * tz, -1)
+    idx = _column_index(tuple(min(k, kmax) - 1 for k in ks), values.device)
+    A_k, C_k = A.index_select(-1, idx), C.index_select(-1, idx)
+    return tz, (torch.log(A_k) - C_k / A_k) * LOG2E
+
+
+def _topk_only(top, m: torch.Tensor, ks: tuple[int, ...], kmax: int) -> dict[str, torch.Tensor]:
+    """``all_signals(full_vocab=False)``: the top-k entropies; every other signal NaN."""
+    _, topk_h = _topk_from_top(top.values, m, ks, kmax)
+    bad = ~torch.isfinite(m.squeeze(-1))  # a NaN max or no finite logit
+    nan_row = torch.full_like(m.squeeze(-1), float("nan"))
+    return {
+        "topk_entropy": topk_h.masked_fill(bad.unsqueeze(-1), float("nan")),
+        "full_entropy": nan_row, "deepconf_confidence": nan_row, "self_certainty": nan_row, "lse": nan_row,
+        "top_values": top.values, "top_ids": top.indices,
     }

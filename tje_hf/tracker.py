@@ -69,12 +69,14 @@ class EntropyTracker(LogitsProcessor):
         trace: bool = False,
         trace_alternatives: int = 0,
         deepconf_k: int = 20,
+        full_vocab: bool = True,
     ):
         B, T = batch_size, max_new_tokens
         self.ks = tuple(ks)
         self.columns = signal_columns(self.ks)
         S = len(self.columns)
         self.deepconf_k = deepconf_k
+        self.full_vocab = full_vocab
         self.device = torch.device(device)
         self.eos = torch.tensor(sorted(set(eos_token_ids)) or [-1], dtype=torch.long, device=self.device)
         self.machine = SegmentMachine(segment_rules, self.device)
@@ -109,12 +111,13 @@ class EntropyTracker(LogitsProcessor):
             self._mark_first_step()
         if step > 0:
             self._commit(input_ids[:, -1], step - 1)
-        sig = all_signals(scores, self.ks, self.deepconf_k)
+        sig = all_signals(scores, self.ks, self.deepconf_k, self.full_vocab)
         self._pending = torch.cat(
             [sig["topk_entropy"], sig["full_entropy"][:, None], sig["deepconf_confidence"][:, None],
              sig["self_certainty"][:, None]], dim=-1)
         # A copy: later processors may legally work in place on the tensor they are handed.
-        self._pending_logits = scores.detach().float().clone()
+        # (Only the token's log-probability needs it, and that needs the full vocabulary.)
+        self._pending_logits = scores.detach().float().clone() if self.full_vocab else None
         self._pending_lse = sig["lse"]
         self._pending_alive = self.alive.clone()
         self.n_generated += self.alive.long()
@@ -159,10 +162,15 @@ class EntropyTracker(LogitsProcessor):
 
     # -- state updates -------------------------------------------------------------------------
 
+    def _token_logprob(self, token: torch.Tensor) -> torch.Tensor:
+        if self._pending_logits is None:  # full_vocab=False: not computed
+            return torch.full_like(self._pending[:, 0], float("nan"))
+        return self._pending_logits.gather(1, token[:, None]).squeeze(1) - self._pending_lse
+
     def pending_value(self, column: int, token: torch.Tensor) -> torch.Tensor:
         """``(B,)`` value of ``column`` for the token just sampled (``token`` ``(B,)``)."""
         if self.columns[column] == "token_logprob":
-            return self._pending_logits.gather(1, token[:, None]).squeeze(1) - self._pending_lse
+            return self._token_logprob(token)
         return self._pending[:, column]
 
     def is_eos(self, token: torch.Tensor) -> torch.Tensor:
@@ -176,7 +184,7 @@ class EntropyTracker(LogitsProcessor):
 
     def _commit(self, token: torch.Tensor, index: int) -> None:
         """Account the pending step, whose sampled token ``(B,)`` is now known."""
-        logprob = self._pending_logits.gather(1, token[:, None]).squeeze(1) - self._pending_lse
+        logprob = self._token_logprob(token)
         values = torch.cat([self._pending, logprob[:, None]], dim=-1)  # (B, S)
         cls, self.seg_state = self.machine.step(self.seg_state, token)
         counted = self._pending_alive & ~torch.isnan(values[:, 0])
