@@ -39,7 +39,7 @@ its repetitions (and then N, down to 32) to fit half of that share; later phases
 time is left. The JSON records the N and repetitions actually used.
 
     python scripts/gpu_check.py --out bench_results/gpu_check.json
-    python scripts/gpu_check.py --tiny --out /tmp/gpu_check_tiny.json
+    python scripts/gpu_check.py --tiny --out bench_results/gpu_check_tiny.json
 """
 
 from __future__ import annotations
