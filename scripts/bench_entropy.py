@@ -1,8 +1,11 @@
 """Benchmark: the cost of tracking entropy during generation, and its memory against the naive way.
 
 1. Throughput: the same greedy generation on SmolLM2 (256 forced new tokens; batch 1 and 8)
-   with plain ``model.generate`` and with ``generate_with_entropy`` (tracker, all signals),
-   interleaved and repeated; the ratio of medians is printed.
+   with plain ``model.generate``, with ``generate_with_entropy`` (tracker, all signals) and with
+   the top-k-only tracker (``signals.full_vocab: false``), interleaved (the order rotates every
+   repetition) and repeated; the ratio of medians is printed. On a CPU, where every kernel runs
+   synchronously, it also times the tracker's own calls inside one generation: their share of
+   the wall time is the tracker's cost without the run-to-run noise of a shared machine.
 2. Memory: the tracker's device state against ``output_logits=True`` with entropy computed
    afterwards (the naive approach), as the generated length grows: bytes actually held by the
    tensors of each, plus the CUDA peak where there is a GPU.
@@ -64,21 +67,61 @@ def tracked_generate(lm, prompts, n_tokens: int, full_vocab: bool = True) -> flo
     return out.wall_time_s
 
 
+def tracker_share(lm, prompts, n_tokens: int, full_vocab: bool) -> float | None:
+    """Fraction of one tracked generation's wall time spent inside the tracker's calls.
+
+    Only on a CPU, where kernels run synchronously so a host timer around a call measures its
+    work; on a GPU the calls only enqueue kernels (None is returned)."""
+    from tje_hf import tracker as tracker_mod
+
+    if lm.model.device.type != "cpu":
+        return None
+    inside = [0.0]
+    original = tracker_mod.EntropyTracker.__call__
+
+    def timed(self, input_ids, scores):
+        start = time.perf_counter()
+        try:
+            return original(self, input_ids, scores)
+        finally:
+            inside[0] += time.perf_counter() - start
+
+    tracker_mod.EntropyTracker.__call__ = timed
+    try:
+        wall = tracked_generate(lm, prompts, n_tokens, full_vocab=full_vocab)
+    finally:
+        tracker_mod.EntropyTracker.__call__ = original
+    return inside[0] / wall
+
+
+MODES = ("plain", "tracked", "topk_only")
+
+
+def run_mode(lm, prompts, n_tokens: int, mode: str) -> float:
+    if mode == "plain":
+        return plain_generate(lm, prompts, n_tokens)
+    return tracked_generate(lm, prompts, n_tokens, full_vocab=mode == "tracked")
+
+
 def throughput(lm, batch: int, n_tokens: int, reps: int) -> dict:
     prompts = [[{"role": "user", "content": q}] for q in (QUESTIONS * 4)[:batch]]
     plain_generate(lm, prompts, 8)  # warm-up
     tracked_generate(lm, prompts, 8)
-    times = {"plain": [], "tracked": [], "topk_only": []}
-    for _ in range(reps):  # interleaved, so drift of a noisy machine hits all alike
-        times["plain"].append(plain_generate(lm, prompts, n_tokens))
-        times["tracked"].append(tracked_generate(lm, prompts, n_tokens))
-        times["topk_only"].append(tracked_generate(lm, prompts, n_tokens, full_vocab=False))
+    times = {mode: [] for mode in MODES}
+    for rep in range(reps):  # interleaved and rotated, so drift of a noisy machine hits all alike
+        for i in range(len(MODES)):
+            mode = MODES[(rep + i) % len(MODES)]
+            times[mode].append(run_mode(lm, prompts, n_tokens, mode))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "batch": batch, "new_tokens": n_tokens, "reps": reps, "times_s": times,
         "plain_tok_s": batch * n_tokens / med["plain"], "tracked_tok_s": batch * n_tokens / med["tracked"],
         "topk_only_tok_s": batch * n_tokens / med["topk_only"],
         "ratio": med["plain"] / med["tracked"], "ratio_topk_only": med["plain"] / med["topk_only"],
+        "per_rep_ratio": [p / t for p, t in zip(times["plain"], times["tracked"], strict=True)],
+        "per_rep_ratio_topk_only": [p / t for p, t in zip(times["plain"], times["topk_only"], strict=True)],
+        "tracker_share": tracker_share(lm, prompts, n_tokens, full_vocab=True),
+        "tracker_share_topk_only": tracker_share(lm, prompts, n_tokens, full_vocab=False),
     }
 
 
@@ -145,6 +188,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['batch']} | {r['plain_tok_s']:.1f} | {r['tracked_tok_s']:.1f} | {r['ratio']:.3f} | "
               f"{r['topk_only_tok_s']:.1f} | {r['ratio_topk_only']:.3f} |")
+    if rows[0]["tracker_share"] is not None:
+        print("\nShare of the wall time spent inside the tracker (one timed generation per mode)")
+        print("| batch | all signals | top-k only |")
+        print("|---|---|---|")
+        for r in rows:
+            print(f"| {r['batch']} | {100 * r['tracker_share']:.2f} % | {100 * r['tracker_share_topk_only']:.2f} % |")
     mem = [] if args.skip_memory else [memory(lm, n) for n in args.lengths]
     print("\nPer-token state after n new tokens (batch 1): naive output_logits vs the tracker")
     print("| new tokens | naive logits (MiB) | tracker state (KiB) | ratio |")

@@ -49,9 +49,11 @@ def main() -> None:
     lm = load_model()
     one_run(lm, True, 8, 2, args.history)  # warm-up
     runs = {"reuse": [], "no_reuse": []}
-    for _ in range(args.reps):  # interleaved: machine drift hits both alike
-        runs["reuse"].append(one_run(lm, True, args.tokens, args.steps, args.history))
-        runs["no_reuse"].append(one_run(lm, False, args.tokens, args.steps, args.history))
+    for rep in range(args.reps):  # interleaved: machine drift hits both alike
+        for mode in ("reuse", "no_reuse") if rep % 2 == 0 else ("no_reuse", "reuse"):
+            runs[mode].append(one_run(lm, mode == "reuse", args.tokens, args.steps, args.history))
+            print(f"rep {rep + 1}/{args.reps} {mode}: step wall s "
+                  f"{[round(s['wall_s'], 1) for s in runs[mode][-1]]}", flush=True)
 
     def med(mode: str, step: int, key: str) -> float:
         return statistics.median(r[step][key] for r in runs[mode])

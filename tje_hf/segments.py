@@ -52,21 +52,25 @@ class SegmentMachine:
         self.rules = rules
         trans = rules.transitions or ((-2, -2, ANSWER),)  # an entry that never matches
         self.from_state = torch.tensor([t[0] for t in trans], dtype=torch.long, device=device)
+        self.any_state = self.from_state == -1  # (R,) rules that match in every state
         self.token = torch.tensor([t[1] for t in trans], dtype=torch.long, device=device)
         self.to_state = torch.tensor([t[2] for t in trans], dtype=torch.long, device=device)
+        # No rule and a content state: the state never changes and is every token's class.
+        self.static = not rules.transitions and rules.initial in (REASONING, ANSWER)
 
     def initial_state(self, batch: int) -> torch.Tensor:
         return torch.full((batch,), self.rules.initial, dtype=torch.long, device=self.token.device)
 
     def step(self, state: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``state`` (B,) long, ``token`` (B,) long -> (class (B,) long, next state (B,) long)."""
-        state_ok = (self.from_state[None, :] == state[:, None]) | (self.from_state[None, :] == -1)
-        hit = state_ok & (self.token[None, :] == token[:, None])  # (B, R)
+        if self.static:
+            return state, state
+        hit = ((self.from_state == state[:, None]) | self.any_state) & (self.token == token[:, None])  # (B, R)
         fired = hit.any(-1)
         first = hit.float().argmax(-1)  # the first matching rule wins
         new_state = torch.where(fired, self.to_state[first], state)
-        in_header = (state == HEADER) | (state == HEADER_ANSWER)
-        cls = torch.where(fired | in_header, torch.full_like(state, HEADER), state)
+        in_header = state >= HEADER  # HEADER or HEADER_ANSWER
+        cls = torch.where(fired | in_header, HEADER, state)
         return cls, new_state
 
 

@@ -186,8 +186,11 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20,
     kernels: the maximum comes from the top-k call, logits are shifted by it and clamped at
     ``-1e4`` (so masked ``-inf`` entries contribute exactly 0 without a ``where``), and all top-k
     entropies come from one cumulative sum. The single-signal functions above are the reference
-    it is tested against. ``full_vocab=False`` computes the top-k entropies only (no pass over
-    the vocabulary beyond the top-k call); the other signals and ``lse`` are NaN.
+    it is tested against. Invalid rows need no explicit check: a NaN or ``+inf`` logit becomes
+    the maximum ``m`` (``topk`` ranks NaN highest), and a row with no finite logit has
+    ``m = -inf``; either way ``x - m`` holds a NaN that reaches every output of the row.
+    ``full_vocab=False`` computes the top-k entropies only (no pass over the vocabulary beyond
+    the top-k call); the other signals and ``lse`` are NaN.
     """
     x = _upcast(logits)
     V = x.shape[-1]
@@ -205,45 +208,44 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20,
     n_masked = (z <= _MASKED).sum(-1)
     n_finite = (V - n_masked).clamp(min=1).to(x.dtype)
     mean_z = (z.sum(-1) - _MASKED * n_masked) / n_finite  # the mean over finite entries only
-    tz, topk_h = _topk_from_top(top.values, m, ks, kmax)
+    topk_h, top_z_sum, n_top_finite = _topk_from_top(top.values, m, ks, min(deepconf_k, kmax))
     # DeepConf: -(1/k) sum of the top-k log-probs over the finite ones among them.
-    kd = min(deepconf_k, kmax)
-    finite_top = (tz[..., :kd] > _MASKED).sum(-1).clamp(min=1).to(x.dtype)
-    deepconf = log_s - (tz[..., :kd] * (tz[..., :kd] > _MASKED)).sum(-1) / finite_top
-    bad = ~torch.isfinite(lse)  # a NaN anywhere, or every entry masked (lse = -inf or NaN)
-    nan = float("nan")
+    deepconf = log_s - top_z_sum / n_top_finite.clamp(min=1)
     return {
-        "topk_entropy": topk_h.masked_fill(bad.unsqueeze(-1), nan),
-        "full_entropy": ((log_s - ez / s) * LOG2E).masked_fill(bad, nan),
-        "deepconf_confidence": deepconf.masked_fill(bad, nan),
-        "self_certainty": (-torch.log(n_finite) - mean_z + log_s).masked_fill(bad, nan),
+        "topk_entropy": topk_h,
+        "full_entropy": (log_s - ez / s) * LOG2E,
+        "deepconf_confidence": deepconf,
+        "self_certainty": -torch.log(n_finite) - mean_z + log_s,
         "lse": lse,
         "top_values": top.values,
         "top_ids": top.indices,
     }
 
 
-def _topk_from_top(values: torch.Tensor, m: torch.Tensor, ks: tuple[int, ...], kmax: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _topk_from_top(values: torch.Tensor, m: torch.Tensor, ks: tuple[int, ...], kd: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k entropies (bits) for every k from one cumulative sum over the sorted top values:
     ``H_k = log A_k - C_k / A_k`` (nats) with ``A_k = sum_{i<=k} a_i``, ``C_k = sum_{i<=k} a_i z_i``,
-    ``a = e^z``, ``z`` the values minus the maximum. Returns (z, H) with H ``(..., len(ks))``."""
-    tz = (values - m).clamp_min(_MASKED)
+    ``a = e^z``, ``z`` the values minus the maximum. The same cumulative sum also gives, over the
+    first ``kd`` values, the sum of the finite ``z`` and their number (for DeepConf).
+    Returns H ``(..., len(ks))``, that sum ``(...)`` and that number ``(...)``."""
+    kmax = values.shape[-1]
+    tz = (values - m).clamp_min_(_MASKED)  # (..., kmax) <= 0
     ta = torch.exp(tz)
-    A = torch.cumsum(ta, -1)
-    C = torch.cumsum(ta * tz, -1)
-    idx = _column_index(tuple(min(k, kmax) - 1 for k in ks), values.device)
-    A_k, C_k = A.index_select(-1, idx), C.index_select(-1, idx)
-    return tz, (torch.log(A_k) - C_k / A_k) * LOG2E
+    finite = (tz > _MASKED).to(tz.dtype)
+    parts = torch.stack([ta, ta * tz, tz * finite, finite], dim=-2)  # (..., 4, kmax)
+    cols = tuple(min(k, kmax) - 1 for k in ks) + (kd - 1,)
+    at = parts.cumsum(-1).index_select(-1, _column_index(cols, values.device))  # (..., 4, len(ks) + 1)
+    A_k, C_k = at[..., 0, :-1], at[..., 1, :-1]
+    return (torch.log(A_k) - C_k / A_k) * LOG2E, at[..., 2, -1], at[..., 3, -1]
 
 
 def _topk_only(top, m: torch.Tensor, ks: tuple[int, ...], kmax: int) -> dict[str, torch.Tensor]:
     """``all_signals(full_vocab=False)``: the top-k entropies; every other signal NaN."""
-    _, topk_h = _topk_from_top(top.values, m, ks, kmax)
-    bad = ~torch.isfinite(m.squeeze(-1))  # a NaN max or no finite logit
+    topk_h, _, _ = _topk_from_top(top.values, m, ks, kmax)
     nan_row = torch.full_like(m.squeeze(-1), float("nan"))
     return {
-        "topk_entropy": topk_h.masked_fill(bad.unsqueeze(-1), float("nan")),
+        "topk_entropy": topk_h,
         "full_entropy": nan_row, "deepconf_confidence": nan_row, "self_certainty": nan_row, "lse": nan_row,
         "top_values": top.values, "top_ids": top.indices,
     }

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from .segments import ANSWER, GENERIC, REASONING, SegmentMachine, SegmentRules
+from .segments import ANSWER, GENERIC, HEADER_ANSWER, REASONING, SegmentMachine, SegmentRules
 from .signals import all_signals
 
 STOP_RUNNING, STOP_EOS, STOP_MAX_NEW_TOKENS, STOP_WINDOW, STOP_BUDGET = 0, 1, 2, 3, 4
@@ -95,21 +95,29 @@ class EntropyTracker(LogitsProcessor):
         self.alt_ids = torch.zeros(B, T, n_alt, dtype=torch.int32, device=self.device) if n_alt else None
         self.alt_logprobs = torch.zeros(B, T, n_alt, dtype=torch.float16, device=self.device) if n_alt else None
         self.n_alt = n_alt
+        # (class, segment) -> weight: every token counts in "all", a REASONING token also in
+        # "reasoning", an ANSWER token also in "answer"; HEADER tokens in "all" only.
+        weights = torch.zeros(HEADER_ANSWER + 1, len(SEGMENTS), **f32)
+        weights[:, 0] = 1.0
+        weights[REASONING, 1] = weights[ANSWER, 2] = 1.0
+        self._segment_weights = weights  # (4, 3)
         self.calls = 0  # host-side step counter: no device read needed
         self._pending: torch.Tensor | None = None  # (B, S-1) signals of the token just sampled
         self._pending_logits: torch.Tensor | None = None  # (B, V) float32 raw logits of that step
         self._pending_lse: torch.Tensor | None = None  # (B,)
         self._pending_alive: torch.Tensor | None = None  # (B,) rows that generated that token
+        self._pending_counted: torch.Tensor | None = None  # (B,) ... and whose logits were valid
 
     # -- LogitsProcessor -----------------------------------------------------------------------
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Observe ``scores`` ``(B, V)`` (raw logits when placed first); return them unchanged."""
+        # Written for few kernels: on a CPU every tensor op here adds its dispatch to the step.
         step = self.calls
         self.calls += 1
         if step == 0:
             self._mark_first_step()
-        if step > 0:
+        else:
             self._commit(input_ids[:, -1], step - 1)
         sig = all_signals(scores, self.ks, self.deepconf_k, self.full_vocab)
         self._pending = torch.cat(
@@ -117,11 +125,12 @@ class EntropyTracker(LogitsProcessor):
              sig["self_certainty"][:, None]], dim=-1)
         # A copy: later processors may legally work in place on the tensor they are handed.
         # (Only the token's log-probability needs it, and that needs the full vocabulary.)
-        self._pending_logits = scores.detach().float().clone() if self.full_vocab else None
+        self._pending_logits = scores.detach().to(torch.float32, copy=True) if self.full_vocab else None
         self._pending_lse = sig["lse"]
-        self._pending_alive = self.alive.clone()
-        self.n_generated += self.alive.long()
-        self.n_invalid += (self.alive & torch.isnan(self._pending[:, 0])).long()
+        self._pending_alive = self.alive  # safe without a copy: ``alive`` is replaced, never mutated
+        self._pending_counted = self.alive & ~torch.isnan(self._pending[:, 0])
+        self.n_generated += self.alive
+        self.n_invalid += self.alive ^ self._pending_counted  # alive but invalid
         if self.n_alt and step < self.alt_ids.shape[1]:
             n = self.n_alt
             self.alt_ids[:, step] = sig["top_ids"][:, :n].to(torch.int32)
@@ -179,31 +188,26 @@ class EntropyTracker(LogitsProcessor):
     def mark_stopped(self, rows: torch.Tensor, code: int) -> None:
         """Rows ``(B,)`` bool stopped by a criterion after the token just sampled."""
         self.stopped |= rows
-        self.stop_code = torch.where((self.stop_code == STOP_RUNNING) & rows,
-                                     torch.full_like(self.stop_code, code), self.stop_code)
+        self.stop_code.masked_fill_(rows & (self.stop_code == STOP_RUNNING), code)
 
     def _commit(self, token: torch.Tensor, index: int) -> None:
         """Account the pending step, whose sampled token ``(B,)`` is now known."""
         logprob = self._token_logprob(token)
         values = torch.cat([self._pending, logprob[:, None]], dim=-1)  # (B, S)
         cls, self.seg_state = self.machine.step(self.seg_state, token)
-        counted = self._pending_alive & ~torch.isnan(values[:, 0])
-        safe = torch.where(counted[:, None], values, torch.zeros_like(values))
-        w_all = counted.float()
-        w_reason = (counted & (cls == REASONING)).float()
-        w_answer = (counted & (cls == ANSWER)).float()
-        weights = torch.stack([w_all, w_reason, w_answer], dim=1)  # (B, 3)
-        self.sums += weights[:, :, None] * safe[:, None, :]
+        counted = self._pending_counted
+        weights = self._segment_weights[cls] * counted[:, None]  # (B, 3)
+        # where, not a product: a NaN in a row that does not count must not reach the sums
+        safe = torch.where(counted[:, None], values, 0.0)
+        self.sums.baddbmm_(weights[:, :, None], safe[:, None, :])  # sums[b, g, s] += w[b, g] * v[b, s]
         self.counts += weights
         if self.trace is not None and index < self.trace.shape[1]:
-            alive_f = self._pending_alive[:, None]
-            self.trace[:, index] = torch.where(alive_f, values, torch.full_like(values, float("nan")))
-            self.trace_segments[:, index] = torch.where(self._pending_alive, cls, torch.full_like(cls, -1)).to(
-                torch.int8)
+            alive = self._pending_alive
+            self.trace[:, index] = torch.where(alive[:, None], values, float("nan"))
+            self.trace_segments[:, index] = torch.where(alive, cls, -1).to(torch.int8)
         eos_hit = self._pending_alive & self.is_eos(token)
-        self.stop_code = torch.where((self.stop_code == STOP_RUNNING) & eos_hit,
-                                     torch.full_like(self.stop_code, STOP_EOS), self.stop_code)
-        self.alive = self._pending_alive & ~eos_hit & ~self.stopped
+        self.stop_code.masked_fill_(eos_hit & (self.stop_code == STOP_RUNNING), STOP_EOS)
+        self.alive = self._pending_alive & ~(eos_hit | self.stopped)
 
     def finalize(self, sequences: torch.Tensor, prompt_length: int) -> None:
         """Commit the last step, given the ``(B, prompt_length + n)`` output of ``generate``."""
@@ -212,8 +216,7 @@ class EntropyTracker(LogitsProcessor):
             self._commit(sequences[:, -1], n_cols - 1)
         # Otherwise generate ran one step more than it returned (deferred stop check): drop it.
         self._pending = self._pending_logits = None
-        self.stop_code = torch.where(self.stop_code == STOP_RUNNING,
-                                     torch.full_like(self.stop_code, STOP_MAX_NEW_TOKENS), self.stop_code)
+        self.stop_code.masked_fill_(self.stop_code == STOP_RUNNING, STOP_MAX_NEW_TOKENS)
 
 
 class WindowMeanStop(StoppingCriteria):
