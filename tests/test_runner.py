@@ -15,7 +15,7 @@ import yaml
 
 from tje_hf.cli import main
 from tje_hf.config import load_run_config
-from tje_hf.records import RunDir, read_records, read_trace
+from tje_hf.records import RunDir, read_records, read_trace, source_revision
 from tje_hf.runner import run
 
 VOLATILE = {"finished_at", "wall_time_s", "prefill_time_s"}
@@ -61,6 +61,7 @@ def test_run_writes_complete_records(tmp_path, smollm2):
     assert [r["index"] for r in records] == list(range(6))
     env = json.loads((Path(cfg.out_dir) / "environment.json").read_text())
     assert env["model_revision"].startswith("gguf-") and "torch" in env["versions"]
+    assert env["source"] == source_revision()
     for rec in records:
         assert len(rec["steps"]) == 2 and rec["config_hash"] == records[0]["config_hash"]
         for step in rec["steps"]:
@@ -198,3 +199,15 @@ def test_torn_line_is_cut_when_the_run_reopens(tmp_path):
     reopened = RunDir.open(tmp_path / "r", {"a": 1}, "h1")
     reopened.append({"problem_id": "3", "steps": []})
     assert [r["problem_id"] for r in read_records(tmp_path / "r")] == ["1", "3"]
+
+
+def test_source_revision_names_the_checkout_commit():
+    root = Path(__file__).resolve().parent.parent
+    rev = source_revision()
+    if not (root / ".git").exists():  # tests run from an exported tree: nothing to name
+        assert rev is None
+        return
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert rev["commit"] == head and len(head) == 40
+    assert isinstance(rev["dirty"], bool)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -151,8 +152,28 @@ def _read_trace_file(path: Path, ref: dict | TraceRef) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype)
 
 
+def source_revision() -> dict | None:
+    """``{"commit", "dirty"}`` of the git checkout this package is imported from, or None when it
+    is not imported from a checkout (an installed wheel) or git is unavailable. ``dirty``: tracked
+    files differ from the commit, so the commit alone does not reproduce the code."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
 def environment_info(extra: dict | None = None) -> dict:
-    """Library versions, hardware and the command line of this process."""
+    """Library versions, the source revision, hardware and the command line of this process."""
     import importlib.metadata as md
 
     versions = {}
@@ -164,6 +185,7 @@ def environment_info(extra: dict | None = None) -> dict:
             continue
     info: dict[str, Any] = {
         "versions": versions,
+        "source": source_revision(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
