@@ -1,11 +1,13 @@
 """Benchmark: the refinement loop with and without KV-cache reuse between steps.
 
 4 steps on SmolLM2 with a forced ~1k generated tokens per step (min_new_tokens =
-max_new_tokens), with reuse against without, interleaved and repeated. Prints per step the
-tokens prefilled, the prefill time (start of generate to the first logits) and the step's wall
-time, and the ratios over steps 2..4; writes JSON (``--out``).
+max_new_tokens), with reuse against without, interleaved (the order alternating) and repeated.
+Prints per step the tokens prefilled, the prefill time (start of generate to the first logits)
+and the step's wall time, and the ratios over steps 2..4; writes JSON (``--out``). Step 1 is the
+same work in both modes: its spread shows the machine's noise.
 
-    python scripts/bench_refine.py --out bench_results/refine.json
+    python scripts/bench_refine.py --tokens 1024 --reps 2 --out bench_results/refine.json
+    python scripts/bench_refine.py --history continuation --tokens 256 --out bench_results/refine_continuation.json
 """
 
 from __future__ import annotations
