@@ -18,19 +18,18 @@ Prints a table and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from gpu_check import plain_generate, tracked_generate  # the GPU check times the same two calls
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy, load_model
 from tje_hf.generate import build_generation_config, encode_prompts, left_pad
-from tje_hf.records import environment_info
+from tje_hf.records import write_result
 from tje_hf.signals import topk_entropy
 
 QUESTIONS = [
@@ -39,32 +38,6 @@ QUESTIONS = [
     "How do vaccines work?", "Summarise the history of the printing press.",
     "Why is the sky blue?", "Give advice to a new programmer.",
 ]
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def plain_generate(lm, prompts, n_tokens: int) -> float:
-    tok, model = lm.tokenizer, lm.model
-    ids, mask = left_pad(encode_prompts(tok, prompts), tok.pad_token_id, model.device)
-    decode = DecodeConfig(max_new_tokens=n_tokens, min_new_tokens=n_tokens, temperature=0.0)
-    gen = build_generation_config(model, decode, n_tokens, tok.pad_token_id)
-    sync(model.device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-    sync(model.device)
-    return time.perf_counter() - start
-
-
-def tracked_generate(lm, prompts, n_tokens: int, full_vocab: bool = True) -> float:
-    decode = DecodeConfig(max_new_tokens=n_tokens, min_new_tokens=n_tokens, temperature=0.0,
-                          signals=SignalConfig(full_vocab=full_vocab))
-    out = generate_with_entropy(lm.model, lm.tokenizer, prompts, decode)
-    assert all(r.n_generated == n_tokens for r in out.results)
-    return out.wall_time_s
 
 
 def tracker_share(lm, prompts, n_tokens: int, full_vocab: bool) -> float | None:
@@ -88,7 +61,7 @@ def tracker_share(lm, prompts, n_tokens: int, full_vocab: bool) -> float | None:
 
     tracker_mod.EntropyTracker.__call__ = timed
     try:
-        wall = tracked_generate(lm, prompts, n_tokens, full_vocab=full_vocab)
+        wall = tracked_generate(lm.model, lm.tokenizer, prompts, n_tokens, full_vocab=full_vocab)
     finally:
         tracker_mod.EntropyTracker.__call__ = original
     return inside[0] / wall
@@ -99,14 +72,14 @@ MODES = ("plain", "tracked", "topk_only")
 
 def run_mode(lm, prompts, n_tokens: int, mode: str) -> float:
     if mode == "plain":
-        return plain_generate(lm, prompts, n_tokens)
-    return tracked_generate(lm, prompts, n_tokens, full_vocab=mode == "tracked")
+        return plain_generate(lm.model, lm.tokenizer, prompts, n_tokens)
+    return tracked_generate(lm.model, lm.tokenizer, prompts, n_tokens, full_vocab=mode == "tracked")
 
 
 def throughput(lm, batch: int, n_tokens: int, reps: int) -> dict:
-    prompts = [[{"role": "user", "content": q}] for q in (QUESTIONS * 4)[:batch]]
-    plain_generate(lm, prompts, 8)  # warm-up
-    tracked_generate(lm, prompts, 8)
+    prompts = encode_prompts(lm.tokenizer, [[{"role": "user", "content": q}] for q in (QUESTIONS * 4)[:batch]])
+    plain_generate(lm.model, lm.tokenizer, prompts, 8)  # warm-up
+    tracked_generate(lm.model, lm.tokenizer, prompts, 8)
     times = {mode: [] for mode in MODES}
     for rep in range(reps):  # interleaved and rotated, so drift of a noisy machine hits all alike
         for i in range(len(MODES)):
@@ -201,11 +174,9 @@ def main() -> None:
     for m in mem:
         print(f"| {m['new_tokens']} | {m['naive_logits_bytes'] / 2**20:.1f} | {m['tracker_state_bytes'] / 2**10:.1f} | "
               f"{m['naive_logits_bytes'] / m['tracker_state_bytes']:.0f}x |")
-    result = {"throughput": rows, "memory": mem, "environment": environment_info(),
-              "model_revision": lm.revision, "threads": torch.get_num_threads()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+    out = write_result(args.out, {"throughput": rows, "memory": mem, "model_revision": lm.revision,
+                                  "threads": torch.get_num_threads()})
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ same work in both modes: its spread shows the machine's noise.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -24,7 +22,7 @@ import torch
 
 from tje_hf import DecodeConfig, RefineConfig, SignalConfig, load_model
 from tje_hf.families import make_family
-from tje_hf.records import environment_info
+from tje_hf.records import write_result
 from tje_hf.refine import refine
 
 QUESTION = [{"role": "user", "content": "Explain, step by step, how a steam engine turns heat into motion."}]
@@ -75,12 +73,10 @@ def main() -> None:
                      / sum(med("reuse", k, "prefill_s") for k in later))
     print(f"\nsteps 2..{args.steps}: wall time without reuse / with reuse = {wall_ratio:.2f}x; "
           f"prefill time ratio = {prefill_ratio:.1f}x")
-    result = {"args": vars(args), "runs": runs, "wall_ratio_steps_2_on": wall_ratio,
-              "prefill_ratio_steps_2_on": prefill_ratio, "environment": environment_info(),
-              "model_revision": lm.revision, "threads": torch.get_num_threads()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {args.out}")
+    out = write_result(args.out, {"args": vars(args), "runs": runs, "wall_ratio_steps_2_on": wall_ratio,
+                                  "prefill_ratio_steps_2_on": prefill_ratio, "model_revision": lm.revision,
+                                  "threads": torch.get_num_threads()})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Usage: python scripts/bench_viewer.py [--out bench_results/viewer.json] [--repea
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tje_hf.records import RunDir, pack_trace
+from tje_hf.records import RunDir, pack_trace, write_result
 from tje_hf.viewer import write_viewer
 
 COLUMNS = ("topk_entropy@5", "topk_entropy@10", "topk_entropy@15", "topk_entropy@20",
@@ -214,17 +213,15 @@ def main(argv: list[str] | None = None) -> int:
                                        for k in keys))
     assert all(r["spans"] == args.steps * args.tokens for r in rows), "not every token was rendered"
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         chromium = version
-    out.write_text(json.dumps({
+    out = write_result(args.out, {
         "benchmark": "viewer", "steps": args.steps, "tokens_per_step": args.tokens, "alternatives": args.alt,
         "html_bytes": size, "write_s": write_s, "browser": chromium, "cpus": os.cpu_count(),
         "platform": platform.platform(), "runs": rows, "median": median,
-        "target": {"ready_ms": 2000, "met": median["ready_ms"] < 2000}}, indent=2))
+        "target": {"ready_ms": 2000, "met": median["ready_ms"] < 2000}})
     print(f"wrote {out}")
     return 0
 

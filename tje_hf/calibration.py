@@ -85,7 +85,6 @@ from .config import HIGHER_IS_UNCERTAIN, SIGNAL_UNITS
 METHODS = ("mean", "info", "bayes", "universal")
 """The threshold methods, in METHOD.md's order; ``Calibration.tau_<method>`` holds each."""
 
-UNITS = SIGNAL_UNITS
 
 # |a| below this fraction of max(1/(2 sigma_c^2), 1/(2 sigma_i^2)) counts as zero (equal variances).
 # Relative, so that the decision does not depend on the signal's unit.
@@ -338,7 +337,7 @@ def signal_label(signal: str) -> str:
     """An axis label with the unit and, for a negated confidence, the sign: ``"topk_entropy@20 (bits)"``."""
     base = signal_base(signal)
     sign = "" if HIGHER_IS_UNCERTAIN[base] else "\u2212"
-    return f"{sign}{signal} ({UNITS[base]})"
+    return f"{sign}{signal} ({SIGNAL_UNITS[base]})"
 
 
 def step_values(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all", step: int = 1

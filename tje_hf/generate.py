@@ -201,7 +201,8 @@ def build_generation_config(model, decode: DecodeConfig, max_new_tokens: int, pa
     return gen
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op where kernels run synchronously."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -329,14 +330,14 @@ def generate_batch(
     kwargs = {}
     if cache is not None:
         kwargs[cache_kwarg(model)] = cache
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     tracker.start_clock()
     with observer_first(model, tracker), torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
                              logits_processor=processors, stopping_criteria=criteria, **kwargs)
     tracker.finalize(out.sequences, L)
-    _sync(device)
+    sync_device(device)
     wall = time.perf_counter() - start
     results = _collect(tracker, tokenizer, out.sequences, L, prompt_lengths)
     total = sum(r.n_generated for r in results)

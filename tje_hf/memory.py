@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .models import ModelLoadError
+from .models import DTYPES, ModelLoadError, missing_mxfp4_kernels
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,23 @@ GiB = 1 << 30
 QUANTIZATIONS = ("none", "4bit", "8bit", "mxfp4", "bf16-dequantized")
 # bitsandbytes nf4 (no double quantisation, as ModelSpec configures it): a 4-bit code per weight
 # plus one float32 absmax per block of 64 weights.
-NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
 NF4_BLOCK = 64
+NF4_BYTES_PER_PARAM = 0.5 + 4 / NF4_BLOCK
 # bitsandbytes LLM.int8: one int8 per weight plus one float32 scale per output row (counted exactly).
 INT8_BYTES_PER_PARAM = 1.0
 # OCP MXFP4 (gpt-oss MoE experts): a 4-bit E2M1 value per weight and one E8M0 scale byte per 32.
 MXFP4_BYTES_PER_PARAM = 4.25 / 8
 # float32 B x V copies of the next-token logits alive at one decoding step: generate's upcast copy,
-# the processed scores, the tracker's retained copy (token log-probabilities are taken from it one
-# step later) and the signal temporaries (log-probs, probs, p*log p, the masked select).
+# the processed scores (each warper returns a new tensor), the tracker's retained copy (token
+# log-probabilities are taken from it one step later) and the signal temporaries (the logits
+# minus their maximum, its exponential, the masked-entry mask); rounded up, as a margin.
 LOGITS_FP32_COPIES = 7
 DEFAULT_HEADROOM = 0.10
 NO_CHECK_ENV = "TJE_HF_NO_MEMORY_CHECK"
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-_DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# device_map values that spread a model over every visible GPU
+_SPREAD = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 class InsufficientMemoryError(ModelLoadError, MemoryError):
@@ -266,11 +268,11 @@ def _resolve_dtype(dtype: Any, config) -> torch.dtype:
     if dtype in (None, "auto"):
         cfg_dtype = getattr(config, "dtype", None)
         if isinstance(cfg_dtype, str):
-            cfg_dtype = _DTYPES.get(cfg_dtype)
+            cfg_dtype = DTYPES.get(cfg_dtype)
         return cfg_dtype if isinstance(cfg_dtype, torch.dtype) else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r}: must be one of {sorted(_DTYPES)} or 'auto'")
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: must be one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
 
 
 def _text_config(config):
@@ -387,12 +389,11 @@ def effective_quantization(requested: str, config, *, cuda: bool | None = None,
     checkpoint is ``4bit`` / ``8bit``. ``mxfp4`` asked of a checkpoint without MXFP4 weights is
     ``"none"``.
     """
-    import importlib.util
 
     if cuda is None:
         cuda = torch.cuda.is_available()
     if mxfp4_kernels is None:
-        mxfp4_kernels = all(importlib.util.find_spec(m) is not None for m in ("kernels", "triton"))
+        mxfp4_kernels = not missing_mxfp4_kernels()
     qc = getattr(config, "quantization_config", None)
     get = qc.get if isinstance(qc, dict) else (lambda k, d=None: getattr(qc, k, d))
     method = get("quant_method") if qc is not None else None
@@ -425,8 +426,8 @@ def available_memory(device: str | torch.device | None = None, *, device_map: st
     """Free memory of the target: the free memory of the CUDA device (``torch.cuda.mem_get_info``),
     summed over every visible GPU for ``device_map`` ``auto`` / ``balanced`` / ``sequential``; or
     the available RAM for the CPU (psutil if installed, else ``MemAvailable`` of /proc/meminfo)."""
-    target = device_map if device_map not in (None, "auto", "balanced", "balanced_low_0", "sequential") else None
-    spread = device_map in ("auto", "balanced", "balanced_low_0", "sequential")
+    spread = device_map in _SPREAD
+    target = None if spread else device_map
     dev = torch.device(target or device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if spread and not torch.cuda.is_available():
         dev = torch.device("cpu")
@@ -521,13 +522,14 @@ def default_context(config, cap: int = 32768) -> int:
     return int(min(ctx, cap))
 
 
-def preflight(source: str, spec, *, device: str | None = None, batch_size: int = 1,
+def preflight(source: str, spec, *, device: str | None = None, device_map: str | None = None, batch_size: int = 1,
               context_tokens: int | None = None, config_kwargs: dict | None = None) -> MemoryEstimate | None:
     """Read ``source``'s config, log the memory estimate for ``batch_size`` x ``context_tokens``
     (default :func:`default_context`) and raise :class:`InsufficientMemoryError` when it cannot
     fit where ``spec`` (a :class:`~tje_hf.config.ModelSpec`) and ``device`` place the model.
 
-    ``config_kwargs``: ``revision`` / ``gguf_file`` / ``trust_remote_code`` for ``AutoConfig``.
+    ``device_map``: the one the load passes to ``from_pretrained`` (None: the model goes to
+    ``device``). ``config_kwargs``: ``revision`` / ``gguf_file`` / ``trust_remote_code`` for ``AutoConfig``.
     Returns None (and checks nothing) when ``$TJE_HF_NO_MEMORY_CHECK`` is set or the config
     cannot be read (the load that follows reports that error itself).
     """
@@ -550,9 +552,6 @@ def preflight(source: str, spec, *, device: str | None = None, batch_size: int =
     est = estimate_memory(config, dtype=spec.dtype, quantization=quant, batch_size=batch_size, context_tokens=context,
                           record_sliding_past=True, trust_remote_code=bool(kwargs.get("trust_remote_code")))
     log.info("%s\n%s", spec.name_or_path, est.table())
-    device_map = spec.device_map
-    if device_map is None and spec.quantization in ("4bit", "8bit"):
-        device_map = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = check_fits(est, device, device_map=device_map)
     log.info("fits: needs %s; %s has %.1f GiB free", est.summary(), budget.where, budget.available_bytes / GiB)
     return est

@@ -114,7 +114,12 @@ def builtin_smollm2_dir() -> tuple[Path, str]:
     return convert_gguf(gguf, cache_dir() / f"smollm2-135m-instruct-{digest}"), f"gguf-{digest}"
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # ModelSpec.dtype
+
+
+def missing_mxfp4_kernels() -> list[str]:
+    """The packages Transformers' MXFP4 kernels need (besides CUDA) that are not installed."""
+    return [m for m in ("triton", "kernels") if importlib.util.find_spec(m) is None]
 
 
 def quantization_config(spec: ModelSpec):
@@ -135,7 +140,7 @@ def quantization_config(spec: ModelSpec):
 
         return Mxfp4Config(dequantize=True)
     if spec.quantization == "mxfp4":
-        missing = [m for m in ("triton", "kernels") if importlib.util.find_spec(m) is None]
+        missing = missing_mxfp4_kernels()
         if missing or not torch.cuda.is_available():
             log.warning("MXFP4 kernels unavailable (%s); gpt-oss weights will be dequantised to bf16 "
                         "(about 42 GB for gpt-oss-20b, 130 GB for gpt-oss-120b)",
@@ -196,7 +201,7 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
         raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the tokenizer ({exc})") from exc
     model_kwargs = dict(kwargs)
     if spec.dtype != "auto":
-        model_kwargs["dtype"] = _DTYPES[spec.dtype]
+        model_kwargs["dtype"] = DTYPES[spec.dtype]
     else:
         model_kwargs["dtype"] = "auto"
     if spec.attn_implementation:
@@ -210,7 +215,7 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
     if check_memory:
         from .memory import preflight
 
-        preflight(source, spec, device=device, batch_size=batch_size, context_tokens=context_tokens,
+        preflight(source, spec, device=device, device_map=model_kwargs.get("device_map"), batch_size=batch_size, context_tokens=context_tokens,
                   config_kwargs=kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
@@ -253,7 +258,7 @@ def load_vllm_model(spec: ModelSpec | None = None, **engine_kwargs) -> LoadedMod
         config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load ({exc})") from exc
-    backend = VllmBackend(source, dtype="auto" if spec.dtype == "auto" else spec.dtype,
+    backend = VllmBackend(source, dtype=spec.dtype,
                           tensor_parallel_size=spec.tensor_parallel_size, revision=spec.revision,
                           trust_remote_code=spec.trust_remote_code, **engine_kwargs)
     if tokenizer.pad_token_id is None:

@@ -152,11 +152,12 @@ def _read_trace_file(path: Path, ref: dict | TraceRef) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype)
 
 
-def source_revision() -> dict | None:
-    """``{"commit", "dirty"}`` of the git checkout this package is imported from, or None when it
-    is not imported from a checkout (an installed wheel) or git is unavailable. ``dirty``: tracked
-    files differ from the commit, so the commit alone does not reproduce the code."""
-    root = Path(__file__).resolve().parent.parent
+def source_revision(root: str | Path | None = None) -> dict | None:
+    """``{"commit", "dirty"}`` of the git checkout at ``root`` (default: the one this package is
+    imported from), or None when there is no checkout there (an installed wheel) or git is
+    unavailable. ``dirty``: tracked files differ from the commit, so the commit alone does not
+    reproduce the code."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
 
@@ -295,6 +296,15 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_result(path: str | Path, result: dict) -> Path:
+    """Write a benchmark's or check's ``result`` as JSON to ``path`` (parents created, atomic),
+    with the environment that produced it (:func:`environment_info`) under ``"environment"``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps({**result, "environment": environment_info()}, indent=2, default=str))
+    return path
 
 
 def load_config(run_dir: str | Path) -> dict:

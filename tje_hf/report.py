@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import HIGHER_IS_UNCERTAIN, METHODS, UNITS, signal_base, step_values
+from .calibration import METHODS, signal_base, step_values
+from .config import HIGHER_IS_UNCERTAIN, SIGNAL_UNITS
 from .evaluation import evaluate_run
 from .records import load_config, read_records
 
@@ -72,7 +73,7 @@ def signal_axis_label(signal: str, prefix: str = "step-1 mean") -> str:
         name = "full-vocabulary entropy"
     else:
         name = f"\u2212{signal}"
-    return f"{prefix} {name} ({UNITS[base]})".strip()
+    return f"{prefix} {name} ({SIGNAL_UNITS[base]})".strip()
 
 
 def _ci(sep: dict) -> str:
@@ -135,7 +136,7 @@ def _run_meta(run_dir: Path, cfg: dict) -> dict:
 
 def _report_md(meta: dict, res: dict, figures: dict[str, str], skipped: str | None) -> str:
     cal, n = res["calibration"], res["n_steps"]
-    unit = UNITS[signal_base(res["signal"])]
+    unit = SIGNAL_UNITS[signal_base(res["signal"])]
     direction = ("" if HIGHER_IS_UNCERTAIN[signal_base(res["signal"])] else
                  " The signal is a confidence (higher = more confident): it is **negated** here, so that "
                  "higher = more uncertain and every threshold is on the negated value.")
@@ -347,7 +348,7 @@ def _plot_few_shot(fig, res, values, correct) -> str | None:
         return None
     ax1, ax2 = fig.subplots(1, 2)
     ns = np.array([s["n"] for s in fs], dtype=float)
-    unit = UNITS[signal_base(res["signal"])]
+    unit = SIGNAL_UNITS[signal_base(res["signal"])]
     for j, m in enumerate(METHODS):
         color, ls = METHOD_STYLE[m]
         dx = ns * (1 + 0.03 * (j - 1.5))  # a small offset so that error bars do not hide each other
@@ -479,7 +480,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, signal: str = 
           "none" if r["best_no_loss_method"] is None
           else f"tau_{r['best_no_loss_method']}: {_pct(r['best_no_loss_savings'])}"] for r in rows])
     md = [f"# Comparison of {len(rows)} runs", "",
-          (f"Signal `{signal}` ({UNITS[signal_base(signal)]}), segment `{segment}`, step 1. AUROC: the signal as a "
+          (f"Signal `{signal}` ({SIGNAL_UNITS[signal_base(signal)]}), segment `{segment}`, step 1. AUROC: the signal as a "
           "predictor of an incorrect answer (0.5 = no separation). Savings are in-sample (thresholds from all "
           "of a run's problems); the oracle chooses tau with the answers."), "", table]
     if drawn:

@@ -122,13 +122,14 @@ def deepconf_confidence(logits: torch.Tensor, k: int = 20, *, check: bool = True
     x = _upcast(logits)
     lse = torch.logsumexp(x, dim=-1)
     values = torch.topk(x, min(k, x.shape[-1]), dim=-1).values
-    return _deepconf_from_values(values, lse)
+    return deepconf_from_top_logprobs(values - lse.unsqueeze(-1))
 
 
-def _deepconf_from_values(values: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    finite = torch.isfinite(values)
-    logp = torch.where(finite, values - lse.unsqueeze(-1), torch.zeros_like(values))
-    return -logp.sum(-1) / finite.sum(-1).clamp(min=1)
+def deepconf_from_top_logprobs(top_logprobs: torch.Tensor) -> torch.Tensor:
+    """DeepConf confidence in nats from the top-k full-vocabulary log-probs ``(..., k)``: minus
+    their mean over the finite ones. Higher = more confident."""
+    finite = torch.isfinite(top_logprobs)
+    return -torch.where(finite, top_logprobs, 0.0).sum(-1) / finite.sum(-1).clamp(min=1)
 
 
 def self_certainty(logits: torch.Tensor, *, check: bool = True) -> torch.Tensor:
@@ -141,10 +142,6 @@ def self_certainty(logits: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         _check(logits)
     x = _upcast(logits)
     lse = torch.logsumexp(x, dim=-1)
-    return _self_certainty_from(x, lse)
-
-
-def _self_certainty_from(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     finite = torch.isfinite(x)
     n = finite.sum(-1).clamp(min=1).float()
     mean_logit = torch.where(finite, x, torch.zeros_like(x)).sum(-1) / n

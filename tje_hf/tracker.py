@@ -16,6 +16,8 @@ step t+1, or in :meth:`EntropyTracker.finalize` for the last one.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
@@ -101,6 +103,7 @@ class EntropyTracker(LogitsProcessor):
         weights[:, 0] = 1.0
         weights[REASONING, 1] = weights[ANSWER, 2] = 1.0
         self._segment_weights = weights  # (4, 3)
+        self._t0 = self._t1 = None  # prefill clock (start_clock, first step): events on CUDA, else seconds
         self.calls = 0  # host-side step counter: no device read needed
         self._pending: torch.Tensor | None = None  # (B, S-1) signals of the token just sampled
         self._pending_logits: torch.Tensor | None = None  # (B, V) float32 raw logits of that step
@@ -141,8 +144,6 @@ class EntropyTracker(LogitsProcessor):
 
     def start_clock(self) -> None:
         """Mark the start of ``generate``; the first observed step marks the end of the prefill."""
-        import time
-
         if self.device.type == "cuda":
             self._t0 = torch.cuda.Event(enable_timing=True)
             self._t0.record()
@@ -151,9 +152,7 @@ class EntropyTracker(LogitsProcessor):
         self._t1 = None
 
     def _mark_first_step(self) -> None:
-        import time
-
-        if getattr(self, "_t0", None) is None:
+        if self._t0 is None:
             return
         if self.device.type == "cuda":  # an event, not a sync: read after decoding ends
             self._t1 = torch.cuda.Event(enable_timing=True)
@@ -163,7 +162,7 @@ class EntropyTracker(LogitsProcessor):
 
     def prefill_seconds(self) -> float:
         """Seconds from :meth:`start_clock` to the first step's logits (prefill + first forward)."""
-        if getattr(self, "_t1", None) is None:
+        if self._t1 is None:
             return float("nan")
         if self.device.type == "cuda":
             return self._t0.elapsed_time(self._t1) / 1000.0

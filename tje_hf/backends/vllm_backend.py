@@ -46,7 +46,7 @@ from ..config import DecodeConfig
 from ..generate import GenerationOutput, PromptTooLongError, SequenceResult
 from ..sampling import derive_seed
 from ..segments import ANSWER, GENERIC, REASONING, SegmentRules, segment_labels
-from ..signals import topk_entropies_from_sorted
+from ..signals import deepconf_from_top_logprobs, topk_entropies_from_sorted
 from ..tracker import SEGMENTS, signal_columns
 
 #: Columns that need the full vocabulary, which vLLM's top-n log-probabilities do not give.
@@ -442,20 +442,15 @@ def token_signals(logprobs, token_ids: Sequence[int], ks: tuple[int, ...], n: in
     arrays = _flat_top(logprobs, n) if hasattr(logprobs, "start_indices") else None
     if arrays is None:
         arrays = _dict_top(logprobs, token_ids, n)
-    top, top_ids, sampled, sampled_ids = arrays
+    top, top_ids, sampled, sampled_ids = arrays  # top in rank order: descending, as signals expect
     if not np.array_equal(sampled_ids, np.asarray(token_ids, dtype=np.int64)):
         t = int(np.flatnonzero(sampled_ids != np.asarray(token_ids))[0])
         raise ValueError(f"token {t}: logprobs name sampled id {sampled_ids[t]}, the output says {token_ids[t]}")
-    order = np.argsort(-top, axis=1, kind="stable")  # descending (a no-op for vLLM's rank order)
-    top = np.take_along_axis(top, order, axis=1)
-    top_ids = np.take_along_axis(top_ids, order, axis=1)
     values = np.full((T, len(columns)), np.nan, dtype=np.float32)
     if T:
         tv = torch.from_numpy(np.ascontiguousarray(top))
         values[:, : len(ks)] = topk_entropies_from_sorted(tv, ks).numpy()
-        head = tv[:, :DEEPCONF_K]
-        finite = torch.isfinite(head)
-        conf = -torch.where(finite, head, torch.zeros_like(head)).sum(-1) / finite.sum(-1).clamp(min=1)
+        conf = deepconf_from_top_logprobs(tv[:, :DEEPCONF_K])
         values[:, columns.index("deepconf_confidence")] = conf.numpy()
         values[:, columns.index("token_logprob")] = sampled
     if not n_alt:
