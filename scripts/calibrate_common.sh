@@ -1,5 +1,5 @@
 # Shared body of scripts/calibrate_*.sh: source it after setting
-#   MODELS=(config names in configs/models/)   MEMORY_ARGS=(arguments of `python -m tje_hf.memory`)
+#   MODELS=(model config names in tje_hf/configs/models/)   MEMORY_ARGS=(arguments of `python -m tje_hf.memory`)
 # It prints the memory estimate, runs every model on AIME 2024, AIME 2025 and GPQA Diamond
 # (resuming finished problems), writes each run's report and one comparison of all runs.
 # Extra script arguments go to every `tje run` as overrides; TJE_RUN replaces `tje run`, e.g.
@@ -14,7 +14,7 @@ TASKS=(aime24 aime25 gpqa_diamond)
 run_dirs=()
 for model in "${MODELS[@]}"; do
     for task in "${TASKS[@]}"; do
-        "${RUN[@]}" --config "configs/runs/${model}_${task}.yaml" "$@"
+        "${RUN[@]}" --config "${model}_${task}" "$@"
         run_dirs+=("runs/${model}_${task}")
     done
 done

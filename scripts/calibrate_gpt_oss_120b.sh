@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Calibration runs of openai/gpt-oss-120b on AIME 2024, AIME 2025 and GPQA-Diamond (the paper's
-# settings: configs/runs/gpt-oss-120b_*.yaml: 4 refinement steps of at most 8192 new tokens, policy
+# settings: tje_hf/configs/runs/gpt-oss-120b_*.yaml: 4 refinement steps of at most 8192 new tokens, policy
 # "all", temperature 0.7, batch 16, device_map auto), then one report per run and a comparison.
 #
 # GPU memory (tje_hf.memory; `python -m tje_hf.memory gpt-oss-120b --batch 16 --context 16384

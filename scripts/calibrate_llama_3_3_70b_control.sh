@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The negative control: meta-llama/Llama-3.3-70B-Instruct (no reasoning post-training; gated on the
 # Hub, HF_TOKEN) on AIME 2024, AIME 2025 and GPQA-Diamond with the paper's settings
-# (configs/runs/llama-3.3-70b-instruct_*.yaml: 4 refinement steps of at most 8192 new tokens,
+# (tje_hf/configs/runs/llama-3.3-70b-instruct_*.yaml: 4 refinement steps of at most 8192 new tokens,
 # policy "all", temperature 0.7, batch 16, device_map auto), then one report per run and a comparison.
 #
 # GPU memory (tje_hf.memory; `python -m tje_hf.memory llama-3.3-70b --batch 16 --context 16384`;

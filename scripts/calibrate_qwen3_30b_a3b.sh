@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Calibration runs of Qwen/Qwen3-30B-A3B-Thinking-2507 and Qwen/Qwen3-30B-A3B-Instruct-2507 on
-# AIME 2024, AIME 2025 and GPQA-Diamond (the paper's settings: configs/runs/qwen3-30b-a3b-*-2507_*.yaml:
+# AIME 2024, AIME 2025 and GPQA-Diamond (the paper's settings: tje_hf/configs/runs/qwen3-30b-a3b-*-2507_*.yaml:
 # 4 refinement steps of at most 8192 new tokens, policy "all", temperature 0.7, batch 16), then one
 # report per run and one comparison of all six.
 #

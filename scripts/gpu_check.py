@@ -3,7 +3,7 @@
 Builds each model from its public architecture (``tje_hf.memory.REFERENCE_MODELS``: gpt-oss-20b
 24 layers, hidden 2880, 64 heads / 8 KV heads of 64, 32 experts / 4 active, intermediate 2880,
 sliding window 128 on alternate layers, vocab 201088, GptOssConfig's YaRN rope defaults, eager
-attention as configs/models/gpt-oss-20b.yaml; Qwen3-30B-A3B 48 layers, hidden 2048, 32 heads /
+attention as tje_hf/configs/models/gpt-oss-20b.yaml; Qwen3-30B-A3B 48 layers, hidden 2048, 32 heads /
 4 KV heads of 128, 128 experts / 8 active, moe_intermediate 768, vocab 151936, sdpa) directly on
 the GPU in bf16 with random weights (no download, no tokenizer: prompts are token ids), one model
 at a time, and measures:

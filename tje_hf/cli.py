@@ -1,7 +1,8 @@
 """``tje``: the command line. Parses arguments and calls one library function per command.
 
     tje demo                                  the whole pipeline on the built-in default
-    tje run --config configs/runs/X.yaml      a run (resumes; key=value overrides)
+    tje configs                               the packaged run configs, one line each
+    tje run --config NAME_OR_FILE             a run (resumes; key=value overrides)
     tje report RUN_DIR                        calibration, early-stopping evaluation, plots
     tje compare RUN_DIR RUN_DIR ... --out D   several models' calibration side by side
     tje view RUN_DIR                          the token-level trace viewer (one HTML file)
@@ -18,12 +19,13 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_run_config
+from .config import ConfigError, load_run_config, packaged_configs
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "runs" / "demo.yaml"
+DEMO_CONFIG = "demo"  # a packaged run config (tje_hf/configs/runs/demo.yaml)
 
-EPILOG = """Overrides: any config field as key.path=value (YAML values), e.g.
-  tje run --config configs/runs/gpt-oss-20b_aime24.yaml decode.max_new_tokens=2048 batch_size=4
+EPILOG = """Configs: `--config` takes a YAML file or the name of a packaged run config (`tje configs`
+lists them), e.g. gpt-oss-20b_aime24. Overrides: any config field as key.path=value (YAML values):
+  tje run --config gpt-oss-20b_aime24 decode.max_new_tokens=2048 batch_size=4
 Data parallel: `accelerate launch --multi_gpu --num_processes N -m tje_hf.cli run --config ...` runs one
 process per GPU, each on
 a disjoint shard of problems; the shards are merged when all are done (resume works per shard)."""
@@ -88,8 +90,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .runner import run
     from .viewer import write_viewer
 
-    overrides = [f"out_dir={args.out}"] + args.set
-    cfg = load_run_config(DEMO_CONFIG, overrides)
+    overrides = [f"out_dir={args.out}"]
+    for flag, key in (("problems", "task.size"), ("steps", "refine.steps"),
+                      ("max_new_tokens", "decode.max_new_tokens")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    cfg = load_run_config(DEMO_CONFIG, overrides + args.set)
     print(f"tje demo: {cfg.task.size} problems of the built-in '{cfg.task.name}' task, "
           f"{cfg.refine.steps} refinement steps each, model {cfg.model.name_or_path}", flush=True)
     summary = run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
@@ -99,6 +105,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nrun:     {cfg.out_dir} ({summary.n_problems} problems, {summary.wall_time_s:.0f} s)")
     print(f"report:  {report}")
     print(f"viewer:  {viewer}")
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    rows = [("name", "model", "task", "steps", "max new tokens")]
+    for name in packaged_configs("runs"):
+        cfg = load_run_config(name)
+        rows.append((name, cfg.model.name_or_path, cfg.task.name, str(cfg.refine.steps),
+                     str(cfg.decode.max_new_tokens)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
 
 
@@ -155,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a model over a task with the refinement loop (resumable)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="a run YAML file (configs/runs/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="a run YAML file, or the name of a packaged run config (see `tje configs`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
     p.add_argument("--overwrite", action="store_true", help="start an existing run directory over")
@@ -164,10 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the built-in default model and task")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--problems", type=int, default=None, help="number of problems (default 64)")
+    p.add_argument("--steps", type=int, default=None, help="refinement steps (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="new tokens a step at most (default 48)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("configs", help="list the packaged run configs (model, task, steps, max new tokens)")
+    p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("report", help="write RUN_DIR/report/report.md with tables and plots")
     p.add_argument("run_dir")

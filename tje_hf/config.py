@@ -2,7 +2,7 @@
 
 Every knob of a run lives in one of the dataclasses below; a run is fully described by a
 :class:`RunConfig`, which is written next to its records before the first token is generated.
-YAML files (``configs/``) and ``key.path=value`` command-line overrides are turned into these
+YAML files (the packaged ``tje_hf/configs/``, or a user's own) and ``key.path=value`` command-line overrides are turned into these
 dataclasses by :func:`load_run_config`; unknown keys and wrong types are errors that name the
 field and the value. Nothing here touches a model, a tokenizer or the disk beyond reading YAML.
 """
@@ -10,15 +10,20 @@ field and the value. Nothing here touches a model, a tokenizer or the disk beyon
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 # Signal names, units and directions (their meaning is documented in tje_hf/signals.py). Kept in
 # this torch-free module so that calibration and reports can name them without importing torch.
@@ -124,7 +129,7 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """The sequential self-refinement loop (METHOD.md section 2)."""
+    """The sequential self-refinement loop (docs/method.md section 2)."""
 
     steps: int = 4
     instruction: str = DEFAULT_REFINE_INSTRUCTION
@@ -333,42 +338,85 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(source: Path | Traversable) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(source.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {source}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        raise ConfigError(f"config file {source}: expected a mapping at the top level")
     return data
 
 
-def resolve_model_reference(data: dict, base: Path) -> dict:
-    """A run file may say ``model: qwen3-30b-a3b-thinking`` (a file in ``configs/models/``) or give
-    the model mapping inline; a string is resolved relative to the run file's ``../models``."""
+# --------------------------------------------------------------------------------------------
+# Packaged configs: the demo, the paper's runs and the model configs ship inside the package
+# (``tje_hf/configs/{runs,models}/*.yaml``), so that an installed wheel runs them from any
+# working directory. They are read through importlib.resources, never through a source path.
+
+
+def packaged_configs(kind: Literal["runs", "models"] = "runs") -> dict[str, Traversable]:
+    """The packaged YAML files of one kind, by name (the file name without ``.yaml``), sorted."""
+    folder = resources.files("tje_hf") / "configs" / kind
+    found = {entry.name[: -len(".yaml")]: entry for entry in folder.iterdir()
+             if entry.is_file() and entry.name.endswith(".yaml")}
+    return dict(sorted(found.items()))
+
+
+def _unknown_name(what: str, name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(Path(name).stem, known, n=4, cutoff=0.5)
+    hint = f"close matches: {', '.join(close)}" if close else f"packaged: {', '.join(known[:6])}, ..."
+    return ConfigError(f"{what} {name!r}: no such file and no packaged config of that name ({hint}; "
+                       f"`tje configs` lists the packaged run configs)")
+
+
+def find_run_config(name_or_path: str | Path) -> Path | Traversable:
+    """The run YAML that ``tje run --config`` means: an existing file, else a packaged run config
+    named ``name_or_path`` (``gpt-oss-20b_aime24``; a ``.yaml`` suffix is allowed). Raises
+    ConfigError listing the close matches among the packaged names."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = packaged_configs("runs")
+    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and name in packaged:
+        return packaged[name]
+    raise _unknown_name("run config", str(name_or_path), list(packaged))
+
+
+def resolve_model_reference(data: dict, base: Path | None) -> dict:
+    """A run file may say ``model: qwen3-30b-a3b-thinking-2507`` or give the model mapping inline.
+
+    A name is looked up as ``<base>/../models/NAME.yaml`` and ``<base>/NAME.yaml`` next to the run
+    file (``base`` is its folder; None for a packaged run file), as a path of its own if it ends
+    in ``.yaml``, and then among the packaged model configs.
+    """
     model = data.get("model")
-    if isinstance(model, str):
-        candidates = [base / "../models" / f"{model}.yaml", base / f"{model}.yaml", Path(model)]
-        for candidate in candidates:
-            if candidate.is_file():
-                data = dict(data)
-                data["model"] = _read_yaml(candidate)
-                return data
-        raise ConfigError(f"config field 'model' = {model!r}: no such model config "
-                          f"(looked for {', '.join(str(c) for c in candidates)})")
-    return data
+    if not isinstance(model, str):
+        return data
+    if model.endswith(".yaml"):
+        candidates = [Path(model)] + ([base / model] if base is not None else [])
+    else:
+        candidates = [base / "../models" / f"{model}.yaml", base / f"{model}.yaml"] if base is not None else []
+    found: Path | Traversable | None = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        found = packaged_configs("models").get(model)
+    if found is None:
+        raise _unknown_name("config field 'model' =", model, list(packaged_configs("models")))
+    return {**data, "model": _read_yaml(found)}
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a run YAML file (or the defaults) and apply ``a.b=value`` overrides (YAML values)."""
+    """Read a run config (a YAML file, or the name of a packaged one; None: the defaults) and
+    apply ``a.b=value`` overrides (YAML values)."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        data = resolve_model_reference(_read_yaml(path), path.parent)
+        source = find_run_config(path)
+        base = source.parent if isinstance(source, Path) else None
+        data = resolve_model_reference(_read_yaml(source), base)
     data = json.loads(json.dumps(data))  # a private deep copy
     for item in overrides:
         if "=" not in item:
