@@ -1,4 +1,4 @@
-"""Threshold calibration (METHOD.md section 3): every formula against numbers worked out by hand,
+"""Threshold calibration (docs/method.md section 3): every formula against numbers worked out by hand,
 every documented fallback, the reading of records, and the scaling table of the module docstring
 (hypothesis)."""
 

@@ -1,4 +1,4 @@
-"""Evaluation of the gate (METHOD.md sections 4-5) on a hand-built run whose every number is worked
+"""Evaluation of the gate (docs/method.md sections 4-5) on a hand-built run whose every number is worked
 out in the comments: accuracies, Thresh Acc, savings, oracle, separation (against scipy and a direct
 pairwise count), few-shot protocol, top-k ablation, persistence, token budget."""
 

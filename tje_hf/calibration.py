@@ -1,4 +1,4 @@
-"""Threshold calibration for the entropy gate (METHOD.md section 3): pure numpy, in memory.
+"""Threshold calibration for the entropy gate (docs/method.md section 3): pure numpy, in memory.
 
 What lives here: the four threshold methods (:func:`calibrate`), the Bayes boundary
 (:func:`bayes_threshold`), Cohen's d (:func:`cohens_d`), and the reading of one step's signal out of
@@ -67,7 +67,7 @@ Fallbacks (each one is named in :attr:`Calibration.fallbacks`, key = method or `
   ``tau_info``, ``tau_bayes`` and ``tau_universal`` fall back to ``tau_mean``;
 - Bayes with a class sd that is zero or undefined: both classes take ``s_p`` (equal variances, so
   the boundary is the linear one);
-- Bayes with ``mu_i <= mu_c`` or no real root: ``tau_mean`` (METHOD.md);
+- Bayes with ``mu_i <= mu_c`` or no real root: ``tau_mean`` (docs/method.md);
 - ``tau_universal`` with ``mu_c <= 0``: ``sigma_c / mu_c`` has no meaning for a signal without a
   positive mean (a negated confidence, or entropies that are all zero): ``tau_mean``.
   With ``mu_i < mu_c`` the formula itself is kept: it puts ``tau_universal`` below ``mu_c``.
@@ -83,7 +83,7 @@ import numpy as np
 from .config import HIGHER_IS_UNCERTAIN, SIGNAL_UNITS
 
 METHODS = ("mean", "info", "bayes", "universal")
-"""The threshold methods, in METHOD.md's order; ``Calibration.tau_<method>`` holds each."""
+"""The threshold methods, in docs/method.md's order; ``Calibration.tau_<method>`` holds each."""
 
 
 # |a| below this fraction of max(1/(2 sigma_c^2), 1/(2 sigma_i^2)) counts as zero (equal variances).
@@ -232,7 +232,7 @@ def bayes_threshold(mu_c: float, sigma_c: float, mu_i: float, sigma_i: float, pi
 
 
 def calibrate(entropies, correct) -> Calibration:
-    """The four thresholds of METHOD.md section 3 from step-1 values with known correctness.
+    """The four thresholds of docs/method.md section 3 from step-1 values with known correctness.
 
     Args:
         entropies: ``(n,)`` finite floats, the step-1 signal (higher = more uncertain; negate a

@@ -1,4 +1,4 @@
-"""Evaluation of the entropy gate on a recorded run (METHOD.md sections 4 and 5): pure numpy/scipy.
+"""Evaluation of the entropy gate on a recorded run (docs/method.md sections 4 and 5): pure numpy/scipy.
 
 What lives here: the per-problem arrays of a run (:class:`RunTable`, :func:`run_table`), the gate
 applied offline (:func:`gate`), the separation of correct and incorrect answers
@@ -413,7 +413,7 @@ def _few_shot_method(rows: list[tuple[float, bool, GateResult]]) -> FewShotMetho
 
 
 # --------------------------------------------------------------------------------------------
-# Token budget framework (METHOD.md section 5)
+# Token budget framework (docs/method.md section 5)
 
 
 @dataclass(frozen=True)
@@ -526,7 +526,7 @@ def budget_curves(table: RunTable, taus: dict[str, float], budgets: tuple[int, .
 def evaluate_run(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all", seed: int = 0,
                  n_steps: int | None = None, n_draws: int = 50, n_boot: int = 1000,
                  sizes: tuple[int, ...] | None = None) -> dict:
-    """Every measurement of METHOD.md sections 4-5 on one run, as a JSON-ready dict (NaN/inf -> None).
+    """Every measurement of docs/method.md sections 4-5 on one run, as a JSON-ready dict (NaN/inf -> None).
 
     Keys: ``signal``, ``segment``, ``n_problems``, ``n_steps``, ``n_excluded`` (NaN step-1
     values), ``step1_accuracy``, ``n_step_accuracy``, ``calibration`` (all problems),

@@ -1,4 +1,4 @@
-"""The sequential self-refinement loop (METHOD.md section 2), batched, with KV-cache reuse.
+"""The sequential self-refinement loop (docs/method.md section 2), batched, with KV-cache reuse.
 
 Step 1 answers the question; steps 2..N continue the conversation with the refinement
 instruction. Under the ``all`` policy every step of every problem runs (calibration and

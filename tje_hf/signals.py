@@ -8,7 +8,7 @@ directions (this is the one place where they are written down):
 name                        unit    meaning and direction
 =========================  ======  ============================================================
 ``topk_entropy``            bits    Shannon entropy of the top-k logits renormalised over those k
-                                    (METHOD.md section 1). 0 <= H <= log2 k. **Higher = more
+                                    (docs/method.md section 1). 0 <= H <= log2 k. **Higher = more
                                     uncertain.** The TJE signal.
 ``full_entropy``            bits    Shannon entropy of the full-vocabulary softmax.
                                     **Higher = more uncertain.**

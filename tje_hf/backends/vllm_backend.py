@@ -9,7 +9,7 @@ setting, forced here). From those ``n`` values this module computes, per token:
 column                      unit    from the top-n log-probabilities
 =========================  ======  ==============================================================
 ``topk_entropy@k``          bits    exact: the top-k renormalisation cancels the full-vocabulary
-                                    normaliser (METHOD.md section 1), computed by
+                                    normaliser (docs/method.md section 1), computed by
                                     :func:`tje_hf.signals.topk_entropies_from_sorted`, the
                                     function the HF path uses. Higher = more uncertain.
 ``deepconf_confidence``     nats    exact: ``-(1/20) * sum`` of the top-20 log-probabilities.
