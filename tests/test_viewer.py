@@ -6,18 +6,23 @@ per-token entropies, segments and alternatives, so every displayed number can be
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import math
 import os
 import re
 import shutil
+import subprocess
+import time
+from importlib.resources import as_file, files
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 
-from tje_hf.calibration import calibrate_records
+from tje_hf.calibration import METHODS, calibrate_records
 from tje_hf.records import RunDir, pack_trace, read_records, read_trace
 from tje_hf.viewer import (
     COLOR_STOPS,
@@ -26,6 +31,7 @@ from tje_hf.viewer import (
     signal_scale,
     write_viewer,
 )
+from tje_hf.viewer.page import asset
 
 COLUMNS = ("topk_entropy@5", "topk_entropy@10", "topk_entropy@15", "topk_entropy@20",
            "full_entropy", "deepconf_confidence", "self_certainty", "token_logprob")
@@ -113,6 +119,46 @@ def html_path(run_dir: Path) -> Path:
     return write_viewer(run_dir, decode=decode)
 
 
+def xss(field: str) -> str:
+    """Markup that runs script if it reaches innerHTML unescaped, in text or in a quoted attribute."""
+    return f'"><img src=x data-field={field} onerror=window.__pwned=1>'
+
+
+CRAFTED_TAUS = {"low": -1.0, xss("threshold"): 99.0}  # "low" never stops, the other always does
+
+
+def crafted_decode(token_id: int) -> str:
+    return xss("token") if token_id % 2 else decode(token_id)
+
+
+def build_crafted_run(path: Path) -> Path:
+    """Two problems whose "numeric" fields (index, step, n_generated, counts, n_steps, the configured
+    number of steps) and text fields hold markup instead; the signals and traces are genuine."""
+    rng = np.random.default_rng(11)
+    cfg = {"refine": {"steps": xss("config_steps")}, "task": {"name": xss("config_task")},
+           "model": {"name_or_path": xss("config_model")}}
+    run = RunDir.open(path, cfg, "cafe0002")
+    for index in range(2):
+        steps = []
+        for k in range(2):
+            trace = _step_trace(rng, 40, 1.0 + index)
+            ref = run.append_trace(trace, COLUMNS)
+            signals, counts = _means(trace)
+            steps.append({"step": xss("step"), "seed": k, "answer": xss("answer"), "correct": k == 1,
+                          "grade_reason": xss("grade"), "n_generated": xss("n_generated"),
+                          "stop_reason": xss("stop_reason"), "signals": signals,
+                          "counts": {g: xss(f"counts_{g}") for g in counts}, "trace": ref.to_json()})
+        run.append({"schema": 1, "problem_id": f"p-{index}{xss('problem_id')}", "index": xss("index"),
+                    "task": xss("task"), "gold": xss("gold"), "model": xss("model") + " {{JS}} {{PAYLOAD}}",
+                    "policy": xss("policy"), "n_steps": xss("n_steps"), "steps": steps})
+    return path
+
+
+@pytest.fixture(scope="module")
+def crafted_run(tmp_path_factory) -> Path:
+    return build_crafted_run(tmp_path_factory.mktemp("crafted") / "run")
+
+
 # --------------------------------------------------------------------------------------------
 # No browser
 
@@ -188,6 +234,46 @@ def test_run_without_alternatives(tmp_path: Path):
     run = build_run(tmp_path / "run", with_alternatives=False)
     _, problems = read_payload(write_viewer(run, decode=decode))
     assert problems[0]["steps"][0]["A"] == 0 and "alt" not in problems[0]["steps"][0]
+
+
+def test_default_thresholds_are_every_calibration_method(run_dir: Path, html_path: Path, tmp_path: Path,
+                                                        monkeypatch):
+    index, _ = read_payload(html_path)
+    assert [t["name"] for t in index["thresholds"]] == list(METHODS)
+    # The names come from tje_hf.calibration, not from a list of the viewer's own.
+    monkeypatch.setattr("tje_hf.calibration.METHODS", ("bayes", "mean"))
+    index, _ = read_payload(write_viewer(run_dir, tmp_path / "v.html", decode=decode, problems=[]))
+    assert [t["name"] for t in index["thresholds"]] == ["bayes", "mean"]
+
+
+def _outside_payload(text: str) -> str:
+    return re.sub(r'<script type="application/json" id="tje-[^"]+">.*?</script>', "", text, flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("thresholds", [None, CRAFTED_TAUS], ids=["calibrated", "given"])
+def test_crafted_values_stay_data_in_the_html(crafted_run: Path, tmp_path: Path, thresholds):
+    text = write_viewer(crafted_run, tmp_path / "v.html", thresholds=thresholds,
+                        decode=crafted_decode).read_text(encoding="utf-8")
+    # Inside the JSON blocks every "<" is \u003c; outside them the markup occurs once, HTML-escaped, in <title>.
+    assert "<img" not in text and "\\u003cimg src=x" in text
+    assert text.count("<script") == text.count("</script>")
+    title = html.escape(f"tje viewer: {xss('model')} {{{{JS}}}} {{{{PAYLOAD}}}} on {xss('task')} (run)")
+    assert f"<title>{title}</title>" in text  # placeholders in a value are not filled
+    rest = _outside_payload(text).replace(f"<title>{title}</title>", "", 1)
+    assert "data-field" not in rest and "onerror" not in rest and "<img" not in rest
+    assert text.count(asset("viewer.js")) == 1 and text.count(asset("viewer.css")) == 1
+    index, problems = read_payload(tmp_path / "v.html")
+    assert index["problems"][0]["index"] == xss("index") and index["n_steps_config"] == xss("config_steps")
+    assert index["problems"][1]["steps"][0]["counts"]["all"] == xss("counts_all") and len(problems) == 2
+
+
+def test_viewer_js_parses():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not on PATH: cannot syntax-check tje_hf/viewer/static/viewer.js")
+    with as_file(files("tje_hf.viewer") / "static" / "viewer.js") as js:
+        done = subprocess.run([node, "--check", str(js)], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.slow
@@ -392,3 +478,40 @@ def test_index_lists_problems_and_sorts_by_column(driver, run_dir: Path, html_pa
     driver.find_element(By.LINK_TEXT, "p-1").click()
     _wait(driver, "return document.documentElement.dataset.ready === '1'")
     assert driver.find_element(By.CSS_SELECTOR, "main h1").text == "Problem p-1"
+
+
+_INJECTED = """return [window.__pwned === undefined ? null : String(window.__pwned),
+  Array.from(document.querySelectorAll('img, [data-field]'), e => e.outerHTML)]"""
+
+
+def _assert_nothing_injected(drv, where: str):
+    time.sleep(0.3)  # an <img src=x> fails to load asynchronously; give its onerror the time to run
+    pwned, elements = drv.execute_script(_INJECTED)
+    assert pwned is None and elements == [], (where, pwned, elements)
+
+
+@pytest.mark.browser
+def test_crafted_run_cannot_inject_markup(driver, crafted_run: Path, tmp_path: Path):
+    """Markup in a records.jsonl field, whatever its JSON type, is shown as text and never runs."""
+    page = write_viewer(crafted_run, tmp_path / "v.html", thresholds=CRAFTED_TAUS, decode=crafted_decode)
+    _open(driver, page)
+    _assert_nothing_injected(driver, "index")
+    cells = driver.execute_script("return Array.from(document.querySelectorAll('#idx tbody tr:first-child td'),"
+                                  " td => td.textContent)")
+    assert cells[0] == xss("index") and cells[5] == f"{xss('n_generated')} · {xss('n_generated')}"
+    index, _ = read_payload(page)
+    for p in index["problems"]:
+        _open(driver, page, quote(p["id"], safe=""))
+        assert driver.find_element("css selector", "main h1").text == f"Problem {p['id']}"
+        assert driver.execute_script("return document.querySelector('#st-0').textContent") == f"Step {xss('step')}"
+        _assert_nothing_injected(driver, f"problem view of {p['id']!r}")
+        # Every token's tooltip (token text and alternatives hold markup).
+        tips = driver.execute_script("""const out = [];
+          for (const t of document.querySelectorAll('section.step .t')) {
+            t.focus(); out.push(document.getElementById('tje-tip').querySelectorAll('img, [data-field]').length);
+          }
+          return out;""")
+        assert len(tips) == 80 and not any(tips)
+        assert xss("token") in driver.execute_script("return document.getElementById('tje-tip').textContent") \
+            or xss("token") in driver.execute_script("return document.getElementById('main').textContent")
+        _assert_nothing_injected(driver, f"tooltips of {p['id']!r}")
