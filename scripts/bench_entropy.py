@@ -28,9 +28,9 @@ import torch
 from gpu_check import plain_generate, tracked_generate  # the GPU check times the same two calls
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy, load_model
-from tje_hf.generate import build_generation_config, encode_prompts, left_pad
+from tje_hf.generation.hf import build_generation_config, encode_prompts, left_pad
+from tje_hf.generation.signals import topk_entropy
 from tje_hf.records import write_result
-from tje_hf.signals import topk_entropy
 
 QUESTIONS = [
     "Explain how a rainbow forms.", "Write a short story about a lighthouse keeper.",
@@ -45,7 +45,7 @@ def tracker_share(lm, prompts, n_tokens: int, full_vocab: bool) -> float | None:
 
     Only on a CPU, where kernels run synchronously so a host timer around a call measures its
     work; on a GPU the calls only enqueue kernels (None is returned)."""
-    from tje_hf import tracker as tracker_mod
+    from tje_hf.generation import tracker as tracker_mod
 
     if lm.model.device.type != "cpu":
         return None
@@ -119,7 +119,7 @@ def memory(lm, n_tokens: int, batch: int = 1) -> dict:
     naive_peak = torch.cuda.max_memory_allocated() - base if cuda else None
     del out, naive_h
     # tracker: running sums + the per-token trace of every signal
-    from tje_hf import tracker as tracker_mod
+    from tje_hf.generation import tracker as tracker_mod
 
     held = {}
     original = tracker_mod.EntropyTracker.finalize

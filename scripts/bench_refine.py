@@ -21,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from tje_hf import DecodeConfig, RefineConfig, SignalConfig, load_model
-from tje_hf.families import make_family
+from tje_hf.models.families import make_family
 from tje_hf.records import write_result
-from tje_hf.refine import refine
+from tje_hf.refinement import refine
 
 QUESTION = [{"role": "user", "content": "Explain, step by step, how a steam engine turns heat into motion."}]
 

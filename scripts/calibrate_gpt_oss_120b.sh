@@ -3,7 +3,7 @@
 # settings: tje_hf/configs/runs/gpt-oss-120b_*.yaml: 4 refinement steps of at most 8192 new tokens, policy
 # "all", temperature 0.7, batch 16, device_map auto), then one report per run and a comparison.
 #
-# GPU memory (tje_hf.memory; `python -m tje_hf.memory gpt-oss-120b --batch 16 --context 16384
+# GPU memory (tje_hf.models.memory; `python -m tje_hf.models.memory gpt-oss-120b --batch 16 --context 16384
 # --quantization mxfp4`; 16k tokens per sequence bounds prompt + earlier answers + 8192 new):
 #   MXFP4 (needs CUDA, triton >= 3.4 and `kernels`): weights 60.8 GiB + KV cache 18.0 GiB
 #     (36 layers x 72 KiB/token; the 18 sliding-window layers are kept at full length because the

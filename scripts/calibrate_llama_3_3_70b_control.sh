@@ -4,7 +4,7 @@
 # (tje_hf/configs/runs/llama-3.3-70b-instruct_*.yaml: 4 refinement steps of at most 8192 new tokens,
 # policy "all", temperature 0.7, batch 16, device_map auto), then one report per run and a comparison.
 #
-# GPU memory (tje_hf.memory; `python -m tje_hf.memory llama-3.3-70b --batch 16 --context 16384`;
+# GPU memory (tje_hf.models.memory; `python -m tje_hf.models.memory llama-3.3-70b --batch 16 --context 16384`;
 # 16k tokens per sequence bounds prompt + earlier answers, which this family keeps whole, + 8192 new):
 #   bf16: weights 131.4 GiB + KV cache 80.0 GiB (80 layers x 320 KiB/token) + logits 0.1 GiB
 #     = 211.5 GiB -> two H200 or three/four 80 GB GPUs (device_map auto).

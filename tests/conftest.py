@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tje_hf.config import ModelSpec
-from tje_hf.models import load_model
+from tje_hf.models.loading import load_model
 
 SMOLLM2_VOCAB = 49152
 

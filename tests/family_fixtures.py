@@ -3,7 +3,7 @@
 The real tokenizers cannot be downloaded in the tests (no Hub access), so each function here
 builds a :class:`transformers.PreTrainedTokenizerFast` from a byte-level BPE trained in memory on
 a small corpus (a few hundred tokens, so every id fits the tiny random models of ``conftest.py``,
-vocab 49152). What is reproduced faithfully is what ``tje_hf.families`` depends on:
+vocab 49152). What is reproduced faithfully is what ``tje_hf.models.families`` depends on:
 
 * each family's **real special tokens, as single tokens**, with the real ``special`` flags
   (Qwen3's ``<think>``/``</think>`` are *not* special, as in the real ``tokenizer_config.json``,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from tje_hf.calibration import (
+from tje_hf.analysis.calibration import (
     METHODS,
     bayes_threshold,
     calibrate,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tje_hf.calibration import calibrate
-from tje_hf.evaluation import (
+from tje_hf.analysis.calibration import calibrate
+from tje_hf.analysis.evaluation import (
     auroc,
     auroc_ci,
     budget_curves,

@@ -29,8 +29,8 @@ from transformers import LogitsProcessor
 from transformers.utils import chat_template_utils
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
-from tje_hf.families import FAMILIES, FamilyError, answer_text, make_family, resolve_family
-from tje_hf.segments import ANSWER, HEADER, REASONING, SegmentMachine, segment_labels
+from tje_hf.models.families import FAMILIES, FamilyError, answer_text, make_family, resolve_family
+from tje_hf.models.segments import ANSWER, HEADER, REASONING, SegmentMachine, segment_labels
 
 H, R, A = HEADER, REASONING, ANSWER
 TOKENIZERS = {

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tje_hf.grading import (
+from tje_hf.tasks.grading import (
     Grade,
     boxed_contents,
     extract_choice,

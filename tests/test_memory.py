@@ -2,7 +2,7 @@
 
 Measured = bytes of the model's parameters and buffers, and the bytes of the KV-cache tensors'
 storage after a batch-2 ``generate_batch`` with the refinement loop's cache
-(``tje_hf.kvcache.new_cache``: sliding-window layers record their past). The estimate must be
+(``tje_hf.generation.kvcache.new_cache``: sliding-window layers record their past). The estimate must be
 within 25 % of each part; the ratios are printed (``pytest -s``).
 """
 
@@ -15,9 +15,10 @@ from transformers import DynamicCache
 
 from tje_hf import DecodeConfig, SignalConfig
 from tje_hf.config import ModelSpec
-from tje_hf.generate import generate_batch
-from tje_hf.kvcache import new_cache
-from tje_hf.memory import (
+from tje_hf.generation.hf import generate_batch
+from tje_hf.generation.kvcache import new_cache
+from tje_hf.models.loading import ModelLoadError, load_model
+from tje_hf.models.memory import (
     GiB,
     InsufficientMemoryError,
     _count_analytic,
@@ -27,7 +28,6 @@ from tje_hf.memory import (
     estimate_memory,
     reference_config,
 )
-from tje_hf.models import ModelLoadError, load_model
 
 BATCH, PROMPT, NEW = 2, 12, 8  # 12 + 8 - 1 = 19 cached positions: decoding crosses a sliding window of 16
 

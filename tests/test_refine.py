@@ -14,10 +14,10 @@ from conftest import build_tiny_gpt_oss, build_tiny_qwen3_moe
 from family_fixtures import harmony_eos_ids, harmony_tokenizer, qwen3_thinking_tokenizer
 
 from tje_hf import DecodeConfig, RefineConfig, SignalConfig
-from tje_hf.families import make_family
-from tje_hf.generate import generate_batch
-from tje_hf.kvcache import CachedPrefix, longest_common_prefix, new_cache, plan_reuse
-from tje_hf.refine import gate_value, refine
+from tje_hf.generation.hf import generate_batch
+from tje_hf.generation.kvcache import CachedPrefix, longest_common_prefix, new_cache, plan_reuse
+from tje_hf.models.families import make_family
+from tje_hf.refinement import gate_value, refine
 
 QUESTIONS = [
     [{"role": "user", "content": "What is 3 + 4?"}],

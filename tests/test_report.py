@@ -9,7 +9,7 @@ import sys
 import pytest
 from test_evaluation import HAND, hand_records, make_record, write_run
 
-from tje_hf.report import compare_runs, signal_axis_label, write_report
+from tje_hf.analysis.report import compare_runs, signal_axis_label, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("hist", "sweep", "few_shot", "topk", "persistence", "budget")

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from tje_hf import signals
-from tje_hf.signals import (
+from tje_hf.generation import signals
+from tje_hf.generation.signals import (
     all_signals,
     deepconf_confidence,
     full_entropy,
@@ -115,7 +115,7 @@ def test_all_signals_matches_the_single_functions():
 
 
 def test_directions_and_units_are_declared_for_every_signal():
-    from tje_hf.config import HIGHER_IS_UNCERTAIN, SIGNAL_NAMES
+    from tje_hf.columns import HIGHER_IS_UNCERTAIN, SIGNAL_NAMES
 
     assert set(signals.UNITS) == set(HIGHER_IS_UNCERTAIN) == set(SIGNAL_NAMES)
     assert signals.UNITS["topk_entropy"] == "bits" and HIGHER_IS_UNCERTAIN["topk_entropy"]

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from tje_hf.config import TaskConfig
-from tje_hf.grading import LETTERS
 from tje_hf.tasks import TASK_NAMES, Problem, TaskError, load_task
 from tje_hf.tasks.gpqa import option_order
+from tje_hf.tasks.grading import LETTERS
 
 DATA = Path(__file__).parent / "data"
 GPQA_DIR = DATA / "hub" / "gpqa"

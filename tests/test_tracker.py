@@ -13,8 +13,8 @@ import torch
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
 from tje_hf.config import WindowStopConfig
-from tje_hf.signals import full_entropy, self_certainty, token_logprob, topk_entropies
-from tje_hf.tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
+from tje_hf.generation.signals import full_entropy, self_certainty, token_logprob, topk_entropies
+from tje_hf.generation.tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
 
 KS = (5, 10, 15, 20)
 PROMPTS = [

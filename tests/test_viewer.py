@@ -22,7 +22,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from tje_hf.calibration import METHODS, calibrate_records
+from tje_hf.analysis.calibration import METHODS, calibrate_records
 from tje_hf.records import RunDir, pack_trace, read_records, read_trace
 from tje_hf.viewer import (
     COLOR_STOPS,
@@ -240,8 +240,8 @@ def test_default_thresholds_are_every_calibration_method(run_dir: Path, html_pat
                                                         monkeypatch):
     index, _ = read_payload(html_path)
     assert [t["name"] for t in index["thresholds"]] == list(METHODS)
-    # The names come from tje_hf.calibration, not from a list of the viewer's own.
-    monkeypatch.setattr("tje_hf.calibration.METHODS", ("bayes", "mean"))
+    # The names come from tje_hf.analysis.calibration, not from a list of the viewer's own.
+    monkeypatch.setattr("tje_hf.analysis.calibration.METHODS", ("bayes", "mean"))
     index, _ = read_payload(write_viewer(run_dir, tmp_path / "v.html", decode=decode, problems=[]))
     assert [t["name"] for t in index["thresholds"]] == ["bayes", "mean"]
 
@@ -278,7 +278,7 @@ def test_viewer_js_parses():
 
 @pytest.mark.slow
 def test_default_decode_uses_the_local_tokenizer(run_dir: Path, tmp_path: Path):
-    from tje_hf.models import cache_dir
+    from tje_hf.models.loading import cache_dir
 
     found = sorted(cache_dir().glob("smollm2-135m-instruct-*/tokenizer.json"))
     if not found:

@@ -135,7 +135,7 @@ def tiny_model(tmp_path_factory) -> TinyModel:
 
 @pytest.fixture(scope="session")
 def backend(tiny_model):
-    from tje_hf.backends import VllmBackend
+    from tje_hf.generation import VllmBackend
 
     b = VllmBackend(str(tiny_model.path), dtype=DTYPE, max_model_len=MAX_MODEL_LEN, enable_prefix_caching=True,
                     enforce_eager=True, block_size=BLOCK_SIZE, seed=0)

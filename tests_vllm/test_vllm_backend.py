@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from tje_hf.backends.vllm_backend import (
+from tje_hf.config import DecodeConfig, SignalConfig, WindowStopConfig
+from tje_hf.generation.signals import deepconf_confidence, token_logprob, topk_entropies
+from tje_hf.generation.tracker import signal_columns
+from tje_hf.generation.vllm import (
     UNAVAILABLE_SIGNALS,
     VllmBackend,
     segment_means,
     token_signals,
     top_logprobs,
 )
-from tje_hf.config import DecodeConfig, SignalConfig, WindowStopConfig
-from tje_hf.segments import ANSWER, HEADER, REASONING, SegmentRules
-from tje_hf.signals import deepconf_confidence, token_logprob, topk_entropies
-from tje_hf.tracker import signal_columns
+from tje_hf.models.segments import ANSWER, HEADER, REASONING, SegmentRules
 
 ENTROPY_ATOL = 2e-4  # bits
 LOGPROB_ATOL = 2e-4  # nats
@@ -144,8 +144,8 @@ def test_segment_means_follow_the_labels():
 def test_contract_errors_name_the_value():
     b = VllmBackend("/nonexistent")  # the engine is never built: checks come first
     with pytest.raises(ValueError, match="ks"):
-        b.generate([[1, 2]], DecodeConfig(signals=SignalConfig(ks=(20, 30), primary_k=20)))
-    ws = WindowStopConfig(signal="topk_entropy", k=20, threshold=1.0, window=4, min_tokens=4)
+        b.generate([[1, 2]], DecodeConfig(signals=SignalConfig(ks=(20, 30))))
+    ws = WindowStopConfig(column="topk_entropy@20", threshold=1.0, window=4, min_tokens=4)
     with pytest.raises(ValueError, match="window_stop"):
         b.generate([[1, 2]], DecodeConfig(window_stop=ws))
     with pytest.raises(ValueError, match="num_logprobs"):
@@ -216,7 +216,7 @@ def test_cross_check_sampled_raw_logprobs(backend, tiny_model, hf_model, measure
 
 @pytest.mark.engine
 def test_unavailable_signals_are_nan(backend, tiny_model, monkeypatch):
-    from tje_hf.backends import vllm_backend
+    from tje_hf.generation import vllm_backend
 
     def no_dicts(*args, **kwargs):
         raise AssertionError("vLLM's flat logprobs were not read as arrays (layout changed?)")

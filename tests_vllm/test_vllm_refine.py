@@ -1,6 +1,6 @@
 """The refinement loop on the vLLM backend: the same loop, the same records, prefix caching.
 
-``tje_hf.refine.refine`` takes the engine in place of a Transformers model. With greedy decoding
+``tje_hf.refinement.refine`` takes the engine in place of a Transformers model. With greedy decoding
 both backends must produce the same tokens at every step (the tiny model is float32 on both),
 and from step 2 on the engine serves the shared conversation prefix from its prefix cache.
 """
@@ -11,8 +11,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from tje_hf.config import DecodeConfig, RefineConfig, SignalConfig
-from tje_hf.families import make_family
-from tje_hf.refine import refine
+from tje_hf.models.families import make_family
+from tje_hf.refinement import refine
 
 # A ChatML-like template over the word-level vocabulary: t3 opens a turn, t4 closes it, t10 and
 # t11 stand for the user and assistant roles.

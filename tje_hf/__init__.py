@@ -4,7 +4,8 @@ Top-k entropy from raw logits, streamed during ``generate``; an entropy-gated se
 loop; threshold calibration and model comparison. The public API is what ``__all__`` names.
 """
 
-from .calibration import Calibration, calibrate, calibrate_records
+from .analysis.calibration import Calibration, calibrate, calibrate_records
+from .analysis.evaluation import evaluate_run
 from .config import (
     DecodeConfig,
     ModelSpec,
@@ -14,12 +15,8 @@ from .config import (
     TaskConfig,
     load_run_config,
 )
-from .evaluation import evaluate_run
-from .generate import GenerationOutput, SequenceResult, generate_with_entropy
-from .models import LoadedModel, load_model
-from .refine import RefineResult, StepResult, refine
-from .runner import run
-from .signals import (
+from .generation.hf import GenerationOutput, SequenceResult, generate_with_entropy
+from .generation.signals import (
     deepconf_confidence,
     full_entropy,
     self_certainty,
@@ -27,7 +24,10 @@ from .signals import (
     topk_entropies,
     topk_entropy,
 )
-from .tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
+from .generation.tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
+from .models.loading import LoadedModel, load_model
+from .refinement import RefineResult, StepResult, refine
+from .runner import run
 
 __version__ = "0.1.0"
 

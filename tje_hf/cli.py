@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from .columns import DEFAULT_COLUMN
 from .config import ConfigError, load_run_config, packaged_configs
 
 DEMO_CONFIG = "demo"  # a packaged run config (tje_hf/configs/runs/demo.yaml)
@@ -32,9 +33,9 @@ a disjoint shard of problems; the shards are merged when all are done (resume wo
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from .families import FamilyError
-    from .generate import PromptTooLongError
-    from .models import ModelLoadError
+    from .generation.hf import PromptTooLongError
+    from .models.families import FamilyError
+    from .models.loading import ModelLoadError
     from .records import RunDirError
     from .tasks import TaskError
 
@@ -86,7 +87,7 @@ def _barrier() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .analysis.report import write_report
     from .runner import run
     from .viewer import write_viewer
 
@@ -116,19 +117,19 @@ def cmd_configs(args: argparse.Namespace) -> int:
                      str(cfg.decode.max_new_tokens)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .analysis.report import write_report
 
     print(write_report(args.run_dir, args.out, signal=args.signal, segment=args.segment))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare_runs
+    from .analysis.report import compare_runs
 
     print(compare_runs(args.run_dirs, args.out, signal=args.signal, segment=args.segment))
     return 0
@@ -142,7 +143,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibrate_records
+    from .analysis.calibration import calibrate_records
     from .records import read_records
 
     cal = calibrate_records(read_records(args.run_dir), signal=args.signal, segment=args.segment, step=args.step)
@@ -166,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def signal_args(p):
-        p.add_argument("--signal", default="topk_entropy@20",
-                       help="signal column (default topk_entropy@20, bits; higher = more uncertain)")
+        p.add_argument("--signal", default=DEFAULT_COLUMN,
+                       help=f"signal column (default {DEFAULT_COLUMN}, bits; higher = more uncertain)")
         p.add_argument("--segment", default="all", choices=["all", "reasoning", "answer"],
                        help="which tokens the step mean covers (default all)")
 
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/viewer.html)")
     p.add_argument("--problem", action="append", default=[], help="only these problem ids (repeatable)")
-    p.add_argument("--signal", default="topk_entropy@20", help="the signal that colours tokens")
+    p.add_argument("--signal", default=DEFAULT_COLUMN, help=f"the signal that colours tokens (default {DEFAULT_COLUMN})")
     p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("calibrate", help="print the four thresholds computed from a run's step-1 records")

@@ -22,26 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from .columns import DEFAULT_COLUMN, column_error, signal_of
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-# Signal names, units and directions (their meaning is documented in tje_hf/signals.py). Kept in
-# this torch-free module so that calibration and reports can name them without importing torch.
-SIGNAL_NAMES = ("topk_entropy", "full_entropy", "deepconf_confidence", "self_certainty", "token_logprob")
-SIGNAL_UNITS = {
-    "topk_entropy": "bits",
-    "full_entropy": "bits",
-    "deepconf_confidence": "nats",
-    "self_certainty": "nats",
-    "token_logprob": "nats",
-}
-HIGHER_IS_UNCERTAIN = {
-    "topk_entropy": True,
-    "full_entropy": True,
-    "deepconf_confidence": False,
-    "self_certainty": False,
-    "token_logprob": False,
-}
 DEFAULT_REFINE_INSTRUCTION = (
     "Review your previous reasoning, identify any gaps or errors, and give an improved solution. "
     "End with the final answer in the same format."
@@ -79,15 +64,14 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class WindowStopConfig:
-    """In-step stop: the sliding-window mean of ``signal`` crosses ``threshold``.
+    """In-step stop: the sliding-window mean of the signal ``column`` crosses ``threshold``.
 
     ``direction="above"`` stops a sequence when the window mean rises above the threshold (for an
     uncertainty signal such as entropy: the model lost its way); ``"below"`` when it falls below
     (for a confidence signal such as DeepConf's). Never before ``min_tokens`` generated tokens.
     """
 
-    signal: str = "topk_entropy"
-    k: int = 20
+    column: str = DEFAULT_COLUMN
     threshold: float = 2.0
     window: int = 64
     min_tokens: int = 128
@@ -99,8 +83,6 @@ class SignalConfig:
     """Which per-token signals the tracker computes (all in one pass over the raw logits)."""
 
     ks: tuple[int, ...] = (5, 10, 15, 20)
-    # The signal the gate and calibration use by default: top-k entropy at this k, in bits.
-    primary_k: int = 20
     # Keep the per-token trace (all ks and the other signals) on the device during decoding.
     trace: bool = False
     # With the trace, also keep each token's top-n alternative ids and log-probabilities (0 = off).
@@ -136,8 +118,7 @@ class RefineConfig:
     policy: Literal["all", "gate"] = "all"
     # Gate threshold on the step-1 signal (policy "gate"): stop after step 1 when signal <= tau.
     tau: float | None = None
-    gate_signal: str = "topk_entropy"
-    gate_k: int = 20
+    gate_column: str = DEFAULT_COLUMN
     gate_segment: Literal["all", "reasoning", "answer"] = "all"
     history: Literal["template", "continuation"] = "template"
     reuse_cache: bool = True
@@ -200,12 +181,14 @@ def _check_ranges(cfg: Any, path: str) -> None:
             raise bad("repetition_penalty", cfg.repetition_penalty, "must be > 0")
         if cfg.token_budget is not None and cfg.token_budget < 1:
             raise bad("token_budget", cfg.token_budget, "must be >= 1")
-        if cfg.window_stop is not None and cfg.window_stop.signal == "topk_entropy" \
-                and cfg.window_stop.k not in cfg.signals.ks:
-            raise bad("window_stop.k", cfg.window_stop.k, f"must be one of signals.ks {cfg.signals.ks}")
+        if cfg.window_stop is not None and column_error(cfg.window_stop.column, cfg.signals.ks):
+            raise bad("window_stop.column", cfg.window_stop.column,
+                      column_error(cfg.window_stop.column, cfg.signals.ks))
     elif isinstance(cfg, WindowStopConfig):
-        if cfg.signal not in SIGNAL_NAMES:
-            raise bad("signal", cfg.signal, f"must be one of {SIGNAL_NAMES}")
+        try:
+            signal_of(cfg.column)
+        except ValueError as exc:
+            raise bad("column", cfg.column, str(exc)) from None
         if cfg.window < 1:
             raise bad("window", cfg.window, "must be >= 1")
         if cfg.min_tokens < cfg.window:
@@ -213,8 +196,6 @@ def _check_ranges(cfg: Any, path: str) -> None:
     elif isinstance(cfg, SignalConfig):
         if not cfg.ks or any(k < 1 for k in cfg.ks):
             raise bad("ks", cfg.ks, "must be a non-empty list of positive integers")
-        if cfg.primary_k not in cfg.ks:
-            raise bad("primary_k", cfg.primary_k, f"must be one of ks {cfg.ks}")
         if not 0 <= cfg.trace_alternatives <= 64:
             raise bad("trace_alternatives", cfg.trace_alternatives, "must be in [0, 64]")
         if cfg.trace_alternatives and not cfg.full_vocab:
@@ -225,14 +206,16 @@ def _check_ranges(cfg: Any, path: str) -> None:
             raise bad("steps", cfg.steps, "must be >= 1")
         if cfg.policy == "gate" and cfg.tau is None:
             raise bad("tau", cfg.tau, "policy 'gate' needs a threshold")
-        if cfg.gate_signal not in SIGNAL_NAMES:
-            raise bad("gate_signal", cfg.gate_signal, f"must be one of {SIGNAL_NAMES}")
+        try:
+            signal_of(cfg.gate_column)
+        except ValueError as exc:
+            raise bad("gate_column", cfg.gate_column, str(exc)) from None
     elif isinstance(cfg, RunConfig):
         if cfg.batch_size < 1:
             raise bad("batch_size", cfg.batch_size, "must be >= 1")
-        ks = cfg.decode.signals.ks
-        if cfg.refine.gate_k not in ks:
-            raise bad("refine.gate_k", cfg.refine.gate_k, f"must be one of decode.signals.ks {ks}")
+        why = column_error(cfg.refine.gate_column, cfg.decode.signals.ks)
+        if why:
+            raise bad("refine.gate_column", cfg.refine.gate_column, why)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +364,7 @@ def find_run_config(name_or_path: str | Path) -> Path | Traversable:
     if path.is_file():
         return path
     packaged = packaged_configs("runs")
-    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    name = path.name.removesuffix(".yaml")
     if path.parent == Path(".") and name in packaged:
         return packaged[name]
     raise _unknown_name("run config", str(name_or_path), list(packaged))

@@ -1,7 +1,7 @@
 """The runner: a model over a task with the refinement loop, into a crash-safe run directory.
 
 ``run(cfg)`` loads the task and the model, skips the problems the run directory already holds,
-runs the rest in batches through :func:`tje_hf.refine.refine`, grades every step, and appends one
+runs the rest in batches through :func:`tje_hf.refinement.refine`, grades every step, and appends one
 record per finished problem (``tje_hf.records`` owns the format). Running the same config again
 continues where it stopped; a different config in the same directory is an error unless told to
 start over. With ``shard=(i, n)`` the process runs every n-th problem into its own records shard
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig, config_hash, to_dict
-from .families import make_family
-from .generate import PromptTooLongError
-from .models import LoadedModel, load_model
+from .generation.hf import PromptTooLongError
+from .models.families import make_family
+from .models.loading import LoadedModel, load_model
 from .records import RunDir, environment_info, load_config, pack_trace, read_records
-from .refine import RefineResult, StepResult, refine
+from .refinement import RefineResult, StepResult, refine
 from .tasks import Problem, Task, load_task
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
         # longest conversation it can build (a prompt allowance plus every step's tokens).
         context = 2048 + cfg.refine.steps * cfg.decode.max_new_tokens
         if lm is None and cfg.backend == "vllm":
-            from .models import load_vllm_model
+            from .models.loading import load_vllm_model
 
             lm = load_vllm_model(cfg.model)
         lm = lm or load_model(cfg.model, device=device, batch_size=cfg.batch_size, context_tokens=context)
@@ -161,7 +161,7 @@ def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> N
     from tqdm.auto import tqdm
 
     family = make_family(lm.family, cfg.model.reasoning_effort, cfg.model.template_date)
-    from .tracker import signal_columns
+    from .columns import signal_columns
 
     columns = signal_columns(cfg.decode.signals.ks)
     steps = cfg.refine.steps

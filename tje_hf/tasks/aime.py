@@ -23,7 +23,7 @@ aime25
     ``TaskConfig.subset`` picks one config.
 
 The prompt is the problem followed by "Please reason step by step, and put your final answer
-within \\boxed{}."; answers are graded by :func:`tje_hf.grading.grade_aime`.
+within \\boxed{}."; answers are graded by :func:`tje_hf.tasks.grading.grade_aime`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from __future__ import annotations
 import re
 
 from ..config import TaskConfig
-from ..grading import Grade, grade_aime, integer_of
 from .base import Problem, Task, TaskError, boxed_prompt, load_rows, require_columns
+from .grading import Grade, grade_aime, integer_of
 
 AIME24_HUB_ID = "HuggingFaceH4/aime_2024"
 AIME25_HUB_ID = "opencompass/AIME2025"

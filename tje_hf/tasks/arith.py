@@ -13,15 +13,15 @@ answers for refinement and the entropy gate to have something to act on. With on
 additions and "Answer with just the number." it answers in ~19 tokens on average and is right on
 38-43% of 60 problems at temperature 0.7 (``scripts/measure_arith.py``, 32 or 48 new tokens);
 mixing in subtraction and multiplication drops that to about 20%, two-digit operands to about
-10%. Graded by :func:`tje_hf.grading.grade_integer`.
+10%. Graded by :func:`tje_hf.tasks.grading.grade_integer`.
 """
 
 from __future__ import annotations
 
 from ..config import TaskConfig
-from ..grading import Grade, grade_integer
-from ..sampling import derive_seed
+from ..generation.sampling import derive_seed
 from .base import Problem, Task, TaskError
+from .grading import Grade, grade_integer
 
 QUESTION = "What is {a} + {b}? Answer with just the number."
 

@@ -3,7 +3,7 @@
 A task is a list of problems plus a grader. Each task module (``arith``, ``aime``, ``gpqa``,
 ``local``) builds its problems from a :class:`~tje_hf.config.TaskConfig`; prompts are complete
 user turns (format instruction included), so a runner only wraps them in a chat message. What
-does not live here: answer extraction (``tje_hf.grading``) and anything about models.
+does not live here: answer extraction (``tje_hf.tasks.grading``) and anything about models.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..grading import LETTERS, Grade
+from .grading import LETTERS, Grade
 
 AnswerType = Literal["integer", "choice", "text"]
 ANSWER_TYPES = ("integer", "choice", "text")
@@ -59,7 +59,7 @@ class Task:
     """A named list of problems and the grader for their answers.
 
     ``source`` says where the problems came from (Hub id, config and split, or a file path), for
-    the run records. ``grader(problem, text)`` is a function from :mod:`tje_hf.grading`.
+    the run records. ``grader(problem, text)`` is a function from :mod:`tje_hf.tasks.grading`.
     """
 
     name: str

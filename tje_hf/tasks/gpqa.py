@@ -13,7 +13,7 @@ The four options are put in an order that depends only on ``(TaskConfig.seed, pr
 (:func:`option_order`): reproducible, independent of any global RNG and of which other problems
 are loaded, and different for another seed. The prompt lists them as ``A) .. D)`` (OpenAI
 simple-evals format, "Answer: $LETTER"); the gold answer is the letter of the correct option.
-Graded by :func:`tje_hf.grading.grade_choice`.
+Graded by :func:`tje_hf.tasks.grading.grade_choice`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 
 from ..config import TaskConfig
-from ..grading import LETTERS, Grade, grade_choice
-from ..sampling import derive_seed
+from ..generation.sampling import derive_seed
 from .base import Problem, Task, choice_prompt, load_rows, require_columns
+from .grading import LETTERS, Grade, grade_choice
 
 GPQA_HUB_ID = "Idavidrein/gpqa"
 GPQA_CONFIG = "gpqa_diamond"

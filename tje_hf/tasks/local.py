@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TaskConfig
-from ..grading import LETTERS, Grade, grade_choice, grade_integer, grade_text, integer_of
 from .base import Problem, Task, TaskError, boxed_prompt, choice_prompt, require_columns
+from .grading import LETTERS, Grade, grade_choice, grade_integer, grade_text, integer_of
 
 FIELDS = ("id", "question", "answer", "choices")
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

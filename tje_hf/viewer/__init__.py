@@ -58,8 +58,8 @@ def write_viewer(run_dir: str | Path, out_path: str | Path | None = None, signal
         signal: the trace column that colours the tokens and that the gate compares, in bits:
             ``topk_entropy@K`` (scale ``0 .. log2 K``) or ``full_entropy``. Higher = more uncertain.
         thresholds: ``{name: tau}`` in bits; None computes the thresholds of every method of
-            :data:`tje_hf.calibration.METHODS` (docs/method.md section 3) with
-            :func:`tje_hf.calibration.calibrate_records` on every problem's step 1 (in-sample:
+            :data:`tje_hf.analysis.calibration.METHODS` (docs/method.md section 3) with
+            :func:`tje_hf.analysis.calibration.calibrate_records` on every problem's step 1 (in-sample:
             shown for inspection, not an evaluation).
         decode: ``token_id -> text``; None uses the run's tokenizer when ``environment.json`` names a
             local ``model_source`` directory, else shows ids as ``⟨id⟩``. The model is never loaded.

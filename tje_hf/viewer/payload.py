@@ -2,7 +2,7 @@
 
 Reads the records and the per-token trace sidecar of a run through :mod:`tje_hf.records` (never
 parsing files here), decodes token ids to text (the run's tokenizer, or ``⟨id⟩``), takes the
-thresholds from :mod:`tje_hf.calibration` (computed there, in-sample, only displayed here), and
+thresholds from :mod:`tje_hf.analysis.calibration` (computed there, in-sample, only displayed here), and
 defines the colour scale (:data:`COLOR_STOPS`, :func:`entropy_color`) that ``static/viewer.js``
 evaluates identically, so that tests can compute a token's expected colour in Python.
 
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..columns import DEFAULT_COLUMN
 from ..records import CONFIG, load_config, load_environment, read_records, read_trace
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNAL = "topk_entropy@20"
+DEFAULT_SIGNAL = DEFAULT_COLUMN
 #: Tokens per lazily rendered chunk (a chunk ends at the first newline token after this many, or at 2x).
 CHUNK_TOKENS = 512
 #: The sequential colour scale, low to high entropy: ColorBrewer OrRd, its six lightest classes, so that
@@ -151,7 +152,7 @@ def _thresholds(records: list[dict], signal: str, thresholds: Mapping[str, float
     """``([{"name", "tau", "note"}], note on where they came from)``; tau None when not finite."""
     if thresholds is not None:
         return [{"name": str(k), "tau": _num(v), "note": ""} for k, v in thresholds.items()], "given by the caller"
-    from ..calibration import calibrate_records
+    from ..analysis.calibration import calibrate_records
 
     try:
         cal = calibrate_records(records, signal=signal, segment="all", step=1)

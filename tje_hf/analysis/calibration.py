@@ -80,7 +80,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .config import HIGHER_IS_UNCERTAIN, SIGNAL_UNITS
+from ..columns import DEFAULT_COLUMN, HIGHER_IS_UNCERTAIN, signal_of
 
 METHODS = ("mean", "info", "bayes", "universal")
 """The threshold methods, in docs/method.md's order; ``Calibration.tau_<method>`` holds each."""
@@ -324,23 +324,7 @@ def calibrate(entropies, correct) -> Calibration:
 # Reading one step out of records
 
 
-def signal_base(signal: str) -> str:
-    """``"topk_entropy@20" -> "topk_entropy"``; raises ``ValueError`` for an unknown signal."""
-    base = signal.split("@", 1)[0]
-    if base not in HIGHER_IS_UNCERTAIN:
-        raise ValueError(f"unknown signal {signal!r}; known: {', '.join(HIGHER_IS_UNCERTAIN)} "
-                         "(top-k entropy as 'topk_entropy@K')")
-    return base
-
-
-def signal_label(signal: str) -> str:
-    """An axis label with the unit and, for a negated confidence, the sign: ``"topk_entropy@20 (bits)"``."""
-    base = signal_base(signal)
-    sign = "" if HIGHER_IS_UNCERTAIN[base] else "\u2212"
-    return f"{sign}{signal} ({SIGNAL_UNITS[base]})"
-
-
-def step_values(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all", step: int = 1
+def step_values(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str = "all", step: int = 1
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One step's signal, correctness and generated tokens for every record, in record order.
 
@@ -359,7 +343,7 @@ def step_values(records: list[dict], signal: str = "topk_entropy@20", segment: s
         unparseable answer (``correct`` null) counts as **incorrect**, as a user of the gate would
         get no usable answer from it. ``tokens (n,) int64``: ``n_generated`` of the step.
     """
-    sign = 1.0 if HIGHER_IS_UNCERTAIN[signal_base(signal)] else -1.0
+    sign = 1.0 if HIGHER_IS_UNCERTAIN[signal_of(signal)] else -1.0
     if step < 1:
         raise ValueError(f"step is 1-based, got step={step}")
     values = np.empty(len(records), dtype=np.float64)
@@ -385,7 +369,7 @@ def step_values(records: list[dict], signal: str = "topk_entropy@20", segment: s
     return values, correct, tokens
 
 
-def calibrate_records(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all", step: int = 1
+def calibrate_records(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str = "all", step: int = 1
                       ) -> Calibration:
     """:func:`calibrate` on one step of records (see :func:`step_values` for direction and nulls).
 

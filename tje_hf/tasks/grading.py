@@ -2,7 +2,7 @@
 
 What lives here: stripping a reasoning segment from raw text, pulling the final answer out of the
 answer text (integers, option letters, short text), and comparing it with the gold answer. What
-does not: prompts, datasets and token ids (``tje_hf.tasks``, ``tje_hf.segments``).
+does not: prompts, datasets and token ids (``tje_hf.tasks``, ``tje_hf.models.segments``).
 
 Every grader returns ``Grade(answer, correct, reason)`` with ``reason`` one of ``"match"``,
 ``"mismatch"`` or ``"unparseable"``. When no answer can be found, ``answer`` and ``correct`` are

@@ -6,7 +6,7 @@ cache of the refinement loop at a given batch and context, and generate's next-t
 counts parameters without allocating them (the model is built on the ``meta`` device).
 :func:`check_fits` compares an estimate with the free memory of the GPUs (or the available RAM)
 and raises :class:`InsufficientMemoryError`, a one-line message naming the numbers and what to
-change, when it cannot fit. :func:`preflight` is what :func:`tje_hf.models.load_model` calls.
+change, when it cannot fit. :func:`preflight` is what :func:`tje_hf.models.loading.load_model` calls.
 
 Not counted: the activations of the forward pass. Decoding needs little, but a long *prefill* with
 eager attention (gpt-oss on CPU, or when configured so) materialises ``B x heads x q x k`` scores;
@@ -15,7 +15,7 @@ and allocator fragmentation. Also not counted: the tracker's optional per-token 
 (``B x max_new_tokens x 8`` float32, ~4 MiB at batch 16 x 8k) and the transient copy of one
 layer's KV that ``torch.cat`` makes while the cache grows.
 
-``python -m tje_hf.memory gpt-oss-20b --batch 16 --context 16384 --quantization mxfp4`` prints an
+``python -m tje_hf.models.memory gpt-oss-20b --batch 16 --context 16384 --quantization mxfp4`` prints an
 estimate for a paper model from its public architecture (no download; see :data:`REFERENCE_MODELS`).
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .models import DTYPES, ModelLoadError, missing_mxfp4_kernels
+from .loading import DTYPES, ModelLoadError, missing_mxfp4_kernels
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ _SPREAD = ("auto", "balanced", "balanced_low_0", "sequential")
 
 class InsufficientMemoryError(ModelLoadError, MemoryError):
     """The model and the run's KV cache do not fit the memory available; the one-line message
-    names the numbers and what to change. A :class:`~tje_hf.models.ModelLoadError` (so ``tje``
+    names the numbers and what to change. A :class:`~tje_hf.models.loading.ModelLoadError` (so ``tje``
     prints it as an error, not a traceback) and a :class:`MemoryError`."""
 
 
@@ -316,7 +316,7 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
         batch_size: sequences decoded together.
         context_tokens: positions per sequence the KV cache holds at the end (prompt + generated).
         record_sliding_past: sliding-window layers keep every token (True: what the refinement
-            loop's cache does, ``tje_hf.kvcache.new_cache``, so that caches can be cut back) or
+            loop's cache does, ``tje_hf.generation.kvcache.new_cache``, so that caches can be cut back) or
             only their last ``window - 1`` (False: a plain ``generate``).
         trust_remote_code: passed on when the model is built on the meta device.
 
@@ -544,7 +544,7 @@ def preflight(source: str, spec, *, device: str | None = None, device_map: str |
         log.warning("memory check skipped: cannot read the config of %s (%s)", source, exc)
         return None
     quant = effective_quantization(spec.quantization, config)
-    # Never more than the model's own context: generation stops there (tje_hf.generate).
+    # Never more than the model's own context: generation stops there (tje_hf.generation.hf).
     max_ctx = getattr(_text_config(config), "max_position_embeddings", None)
     context = context_tokens or default_context(config)
     if max_ctx:
@@ -607,7 +607,7 @@ def reference_config(name: str):
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m tje_hf.memory",
+    p = argparse.ArgumentParser(prog="python -m tje_hf.models.memory",
                                 description="Print the memory estimate of a paper model (public architecture).")
     p.add_argument("model", choices=sorted(REFERENCE_MODELS))
     p.add_argument("--batch", type=int, default=16)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import METHODS, signal_base, step_values
-from .config import HIGHER_IS_UNCERTAIN, SIGNAL_UNITS
+from ..columns import DEFAULT_COLUMN, HIGHER_IS_UNCERTAIN, SIGNAL_UNITS, signal_of
+from ..records import load_config, read_records
+from .calibration import METHODS, step_values
 from .evaluation import evaluate_run
-from .records import load_config, read_records
 
 TAU_NAMES = {"mean": "entropy mean", "info": "information-theoretic", "bayes": "Bayes optimal",
              "universal": "scale-invariant"}
@@ -66,7 +66,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def signal_axis_label(signal: str, prefix: str = "step-1 mean") -> str:
     """An axis label with the unit: ``"step-1 mean top-20 entropy (bits)"``; a negated confidence
     says so (``"step-1 mean −deepconf_confidence (nats)"``)."""
-    base = signal_base(signal)
+    base = signal_of(signal)
     if base == "topk_entropy":
         name = f"top-{signal.split('@', 1)[1]} entropy"
     elif base == "full_entropy":
@@ -95,7 +95,7 @@ SEP_HEADER = ["n correct", "n incorrect", "mean correct", "mean incorrect", "Coh
 # The report of one run
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, signal: str = "topk_entropy@20",
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, signal: str = DEFAULT_COLUMN,
                  segment: str = "all") -> Path:
     """Write the calibration report of a run; returns the path of ``report.md``.
 
@@ -103,9 +103,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, signal:
         run_dir: a run directory (``docs/FORMAT.md``) with every step recorded (``policy="all"``).
         out_dir: where to write; default ``RUN_DIR/report``.
         signal, segment: the step-1 signal to calibrate (higher = more uncertain after
-            orientation; see :func:`tje_hf.calibration.step_values`).
+            orientation; see :func:`tje_hf.analysis.calibration.step_values`).
 
-    Writes ``report.md`` (every table of :func:`tje_hf.evaluation.evaluate_run`),
+    Writes ``report.md`` (every table of :func:`tje_hf.analysis.evaluation.evaluate_run`),
     ``summary.json`` (that dict, with the model, task and config hash) and, with matplotlib,
     ``hist.png``, ``sweep.png``, ``few_shot.png``, ``topk.png``, ``persistence.png``, ``budget.png``.
     """
@@ -136,8 +136,8 @@ def _run_meta(run_dir: Path, cfg: dict) -> dict:
 
 def _report_md(meta: dict, res: dict, figures: dict[str, str], skipped: str | None) -> str:
     cal, n = res["calibration"], res["n_steps"]
-    unit = SIGNAL_UNITS[signal_base(res["signal"])]
-    direction = ("" if HIGHER_IS_UNCERTAIN[signal_base(res["signal"])] else
+    unit = SIGNAL_UNITS[signal_of(res["signal"])]
+    direction = ("" if HIGHER_IS_UNCERTAIN[signal_of(res["signal"])] else
                  " The signal is a confidence (higher = more confident): it is **negated** here, so that "
                  "higher = more uncertain and every threshold is on the negated value.")
     parts = [
@@ -348,7 +348,7 @@ def _plot_few_shot(fig, res, values, correct) -> str | None:
         return None
     ax1, ax2 = fig.subplots(1, 2)
     ns = np.array([s["n"] for s in fs], dtype=float)
-    unit = SIGNAL_UNITS[signal_base(res["signal"])]
+    unit = SIGNAL_UNITS[signal_of(res["signal"])]
     for j, m in enumerate(METHODS):
         color, ls = METHOD_STYLE[m]
         dx = ns * (1 + 0.03 * (j - 1.5))  # a small offset so that error bars do not hide each other
@@ -435,7 +435,7 @@ def _plot_budget(fig, res, values, correct) -> str:
 # Several runs
 
 
-def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, signal: str = "topk_entropy@20",
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, signal: str = DEFAULT_COLUMN,
                  segment: str = "all") -> Path:
     """Several runs' step-1 calibration side by side; returns the path of ``compare.md``.
 
@@ -480,7 +480,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, signal: str = 
           "none" if r["best_no_loss_method"] is None
           else f"tau_{r['best_no_loss_method']}: {_pct(r['best_no_loss_savings'])}"] for r in rows])
     md = [f"# Comparison of {len(rows)} runs", "",
-          (f"Signal `{signal}` ({SIGNAL_UNITS[signal_base(signal)]}), segment `{segment}`, step 1. AUROC: the signal as a "
+          (f"Signal `{signal}` ({SIGNAL_UNITS[signal_of(signal)]}), segment `{segment}`, step 1. AUROC: the signal as a "
           "predictor of an incorrect answer (0.5 = no separation). Savings are in-sample (thresholds from all "
           "of a run's problems); the oracle chooses tau with the answers."), "", table]
     if drawn:

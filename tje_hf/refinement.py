@@ -13,7 +13,7 @@ History modes:
 * ``continuation``: the exact previous tokens (reasoning included) stay in context and the next
   user turn is appended; everything already computed is reused.
 
-This module decides what to generate; ``tje_hf.generate`` generates and ``tje_hf.kvcache`` owns
+This module decides what to generate; ``tje_hf.generation.hf`` generates and ``tje_hf.generation.kvcache`` owns
 the cache rules. It knows nothing about tasks, grading or the disk.
 """
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import DecodeConfig, RefineConfig
-from .families import Family, answer_text
-from .generate import SequenceResult, generate_batch, pad_token_id
-from .kvcache import CachedPrefix, ReusePlan, new_cache, plan_reuse
-from .sampling import derive_seed
+from .generation.hf import SequenceResult, generate_batch, pad_token_id
+from .generation.kvcache import CachedPrefix, ReusePlan, new_cache, plan_reuse
+from .generation.sampling import derive_seed
+from .models.families import Family, answer_text
 
 _SENTINEL = "\u2063TJE-SENTINEL\u2063"
 
@@ -76,9 +76,8 @@ class RefineResult:
         return self.steps[-1]
 
 
-def gate_value(step: StepResult, signal: str, k: int, segment: str) -> float:
-    """The step's gate signal (``topk_entropy`` at ``k``, or another named signal), NaN if empty."""
-    column = f"topk_entropy@{k}" if signal == "topk_entropy" else signal
+def gate_value(step: StepResult, column: str, segment: str) -> float:
+    """The step's mean of the signal ``column`` over ``segment``, NaN if the segment is empty."""
     return step.signals[segment][column]
 
 
@@ -120,7 +119,7 @@ def refine(
 
     Args:
         model, tokenizer, family: the loaded model (a Transformers model, or a
-            ``tje_hf.backends.VllmBackend``) and its family profile.
+            ``tje_hf.generation.VllmBackend``) and its family profile.
         conversations: per problem, the step-1 messages (system and user turns).
         problem_ids: per problem, its id (seeds derive from ``(run_seed, id, step)``).
         config: steps N, instruction, policy (``all`` | ``gate`` with ``tau``), history mode,
@@ -197,8 +196,7 @@ def refine(
         # 5) the gate: a problem whose step-1 signal is at or below tau stops here
         if step == 1 and config.policy == "gate":
             active = [i for i in active
-                      if not gate_value(results[i].steps[0], config.gate_signal, config.gate_k,
-                                        config.gate_segment) <= config.tau]
+                      if not gate_value(results[i].steps[0], config.gate_column, config.gate_segment) <= config.tau]
         if not active:
             break
     return results
@@ -218,6 +216,6 @@ def _step_result(step: int, seed: int, res: SequenceResult, plan: ReusePlan, row
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
-    from .generate import eos_token_ids
+    from .generation.hf import eos_token_ids
 
     return eos_token_ids(model, tokenizer)

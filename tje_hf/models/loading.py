@@ -2,7 +2,7 @@
 
 ``load_model(spec)`` is the only place that builds a model and tokenizer. It applies dtype,
 device_map, attention implementation and optional quantisation (bitsandbytes 4/8-bit, gpt-oss
-MXFP4), resolves the model family (``tje_hf.families``), and returns the revision it loaded so
+MXFP4), resolves the model family (``tje_hf.models.families``), and returns the revision it loaded so
 that every record can name it.
 
 The built-in default (``builtin:smollm2``) is SmolLM2-135M-Instruct as shipped by the
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelSpec
+from ..config import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
     ``device`` places a model loaded without ``device_map`` (default: CUDA if present, else CPU).
     Before loading, the memory of the weights plus the KV cache of ``batch_size`` sequences of
     ``context_tokens`` tokens (default: the model's context, capped at 32768) is estimated from
-    the config and logged (``tje_hf.memory``); when it cannot fit the free memory of the target,
-    :class:`~tje_hf.memory.InsufficientMemoryError` (a ``ModelLoadError``) says what to change.
+    the config and logged (``tje_hf.models.memory``); when it cannot fit the free memory of the target,
+    :class:`~tje_hf.models.memory.InsufficientMemoryError` (a ``ModelLoadError``) says what to change.
     ``check_memory=False`` (or ``$TJE_HF_NO_MEMORY_CHECK=1``) skips that check.
     Raises :class:`ModelLoadError` with the field to change when something is missing.
     """
@@ -240,7 +240,7 @@ def load_vllm_model(spec: ModelSpec | None = None, **engine_kwargs) -> LoadedMod
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from .backends import VllmBackend
+    from ..generation import VllmBackend
     from .families import resolve_family
 
     spec = spec or ModelSpec()

@@ -10,7 +10,7 @@ column                      unit    from the top-n log-probabilities
 =========================  ======  ==============================================================
 ``topk_entropy@k``          bits    exact: the top-k renormalisation cancels the full-vocabulary
                                     normaliser (docs/method.md section 1), computed by
-                                    :func:`tje_hf.signals.topk_entropies_from_sorted`, the
+                                    :func:`tje_hf.generation.signals.topk_entropies_from_sorted`, the
                                     function the HF path uses. Higher = more uncertain.
 ``deepconf_confidence``     nats    exact: ``-(1/20) * sum`` of the top-20 log-probabilities.
                                     Higher = more confident.
@@ -42,18 +42,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..columns import SEGMENTS, signal_columns
 from ..config import DecodeConfig
-from ..generate import GenerationOutput, PromptTooLongError, SequenceResult
-from ..sampling import derive_seed
-from ..segments import ANSWER, GENERIC, REASONING, SegmentRules, segment_labels
-from ..signals import deepconf_from_top_logprobs, topk_entropies_from_sorted
-from ..tracker import SEGMENTS, signal_columns
+from ..models.segments import ANSWER, GENERIC, REASONING, SegmentRules, segment_labels
+from .hf import GenerationOutput, PromptTooLongError, SequenceResult
+from .sampling import derive_seed
+from .signals import deepconf_from_top_logprobs, topk_entropies_from_sorted
 
 #: Columns that need the full vocabulary, which vLLM's top-n log-probabilities do not give.
 UNAVAILABLE_SIGNALS = ("full_entropy", "self_certainty")
-#: DeepConf's k, as in :class:`tje_hf.tracker.EntropyTracker` (``deepconf_k=20``).
+#: DeepConf's k, as in :class:`tje_hf.generation.tracker.EntropyTracker` (``deepconf_k=20``).
 DEEPCONF_K = 20
-#: vLLM ``finish_reason`` -> tje_hf stop reason (``tje_hf.tracker.STOP_REASONS`` names).
+#: vLLM ``finish_reason`` -> tje_hf stop reason (``tje_hf.generation.tracker.STOP_REASONS`` names).
 _FINISH_REASONS = {"stop": "eos", "length": "max_new_tokens"}
 
 
@@ -82,7 +82,7 @@ class VllmBackend:
     ``logprobs_mode`` is always ``"raw_logprobs"``; ``max_logprobs`` defaults to ``num_logprobs``.
     """
 
-    #: ``tje_hf.refine`` hands whole prompts to a serving engine and lets it reuse prefixes itself.
+    #: ``tje_hf.refinement`` hands whole prompts to a serving engine and lets it reuse prefixes itself.
     is_serving_engine = True
 
     def __init__(
@@ -219,7 +219,7 @@ class VllmBackend:
 
         Args:
             prompt_token_ids: B prompts as token-id lists (apply the chat template beforehand, e.g.
-                with :func:`tje_hf.generate.encode_prompts`).
+                with :func:`tje_hf.generation.hf.encode_prompts`).
             decode: max_new_tokens, min_new_tokens, temperature (0 = greedy), top_p, top_k
                 (0 = off), repetition_penalty, seed, signals (ks, trace, trace_alternatives).
                 ``window_stop`` is not supported (it needs a per-step hook in the engine) and
@@ -228,7 +228,7 @@ class VllmBackend:
                 ``derive_seed(decode.seed, row)``. A row's tokens depend on its seed, not on the
                 rest of the batch. The same seed does **not** give the HF path's sample: the two
                 engines draw differently.
-            segment_rules: where reasoning ends and the answer begins (``tje_hf.families``).
+            segment_rules: where reasoning ends and the answer begins (``tje_hf.models.families``).
             detokenize: fill ``SequenceResult.text`` (``tokenizer.decode(ids,
                 skip_special_tokens=True)``); default: when the engine has a tokenizer. True with
                 ``skip_tokenizer_init=True`` raises ValueError.
@@ -236,8 +236,8 @@ class VllmBackend:
                 it stops with ``"token_budget"`` (default ``decode.token_budget``).
 
         Returns:
-            A :class:`~tje_hf.generate.GenerationOutput` with one
-            :class:`~tje_hf.generate.SequenceResult` per prompt, in order. ``means[segment][column]``
+            A :class:`~tje_hf.generation.hf.GenerationOutput` with one
+            :class:`~tje_hf.generation.hf.SequenceResult` per prompt, in order. ``means[segment][column]``
             averages each column over the segment's generated tokens (``all``: every generated
             token, the EOS included; ``reasoning`` / ``answer``: tokens of that class), NaN for an
             empty segment and for the unavailable columns; ``trace`` ``(n, S)`` float32 and
@@ -431,7 +431,7 @@ def token_signals(logprobs, token_ids: Sequence[int], ks: tuple[int, ...], n: in
         n_alt: keep the top-``n_alt`` alternatives.
 
     Returns:
-        ``values`` ``(T, S)`` float32 in :func:`tje_hf.tracker.signal_columns` order (NaN in the
+        ``values`` ``(T, S)`` float32 in :func:`tje_hf.generation.tracker.signal_columns` order (NaN in the
         unavailable columns), and, with ``n_alt``, ``alt_ids`` ``(T, n_alt)`` int32 and
         ``alt_logprobs`` ``(T, n_alt)`` float16 (nats), else None.
     """
@@ -462,9 +462,9 @@ def segment_means(values: np.ndarray, labels: np.ndarray, columns: Sequence[str]
                   ) -> tuple[dict[str, dict[str, float]], dict[str, int], int]:
     """``means[segment][column]``, ``counts[segment]`` and the number of invalid tokens.
 
-    As :class:`tje_hf.tracker.EntropyTracker`: a token whose first column is NaN (invalid logits)
+    As :class:`tje_hf.generation.tracker.EntropyTracker`: a token whose first column is NaN (invalid logits)
     counts nowhere; ``all`` averages every other token, ``reasoning`` / ``answer`` those whose
-    label (``tje_hf.segments``) is ``REASONING`` / ``ANSWER``. An empty segment gives NaN; an
+    label (``tje_hf.models.segments``) is ``REASONING`` / ``ANSWER``. An empty segment gives NaN; an
     unavailable (all-NaN) column gives NaN.
     """
     valid = ~np.isnan(values[:, 0]) if len(values) else np.zeros(0, dtype=bool)

@@ -1,6 +1,6 @@
 """Reasoning / answer segmentation of generated tokens, on token ids, as a tiny state machine.
 
-A family (``tje_hf/families.py``) describes where its reasoning ends and its answer begins as a
+A family (``tje_hf/models/families.py``) describes where its reasoning ends and its answer begins as a
 few transitions ``(state, token id) -> state``. The same machine runs inside the tracker during
 decoding (vectorised over the batch, on the device, no host sync) and, as the same rules in plain
 Python, over a finished sequence on the host (:func:`segment_labels`); the tests check they agree.

@@ -35,10 +35,10 @@ import math
 
 import torch
 
-from .config import SIGNAL_UNITS
+from ..columns import SIGNAL_UNITS
 
 LOG2E = 1.0 / math.log(2.0)
-UNITS = SIGNAL_UNITS  # directions: tje_hf.config.HIGHER_IS_UNCERTAIN
+UNITS = SIGNAL_UNITS  # directions: tje_hf.columns.HIGHER_IS_UNCERTAIN
 DEFAULT_KS = (5, 10, 15, 20)
 
 
@@ -179,7 +179,7 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20,
     plus ``top_values``/``top_ids`` ``(..., kmax)`` for callers that keep alternatives. Rows with a
     NaN or no finite logit hold NaN.
 
-    This is the decoding-loop path (``tje_hf.tracker`` calls it at every step), written for few
+    This is the decoding-loop path (``tje_hf.generation.tracker`` calls it at every step), written for few
     kernels: the maximum comes from the top-k call, logits are shifted by it and clamped at
     ``-1e4`` (so masked ``-inf`` entries contribute exactly 0 without a ``where``), and all top-k
     entropies come from one cumulative sum. The single-signal functions above are the reference

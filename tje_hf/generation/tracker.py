@@ -21,7 +21,8 @@ import time
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from .segments import ANSWER, GENERIC, HEADER_ANSWER, REASONING, SegmentMachine, SegmentRules
+from ..columns import SEGMENTS, signal_columns
+from ..models.segments import ANSWER, GENERIC, HEADER_ANSWER, REASONING, SegmentMachine, SegmentRules
 from .signals import all_signals
 
 STOP_RUNNING, STOP_EOS, STOP_MAX_NEW_TOKENS, STOP_WINDOW, STOP_BUDGET = 0, 1, 2, 3, 4
@@ -32,13 +33,6 @@ STOP_REASONS = {
     STOP_WINDOW: "window_stop",
     STOP_BUDGET: "token_budget",
 }
-SEGMENTS = ("all", "reasoning", "answer")
-
-
-def signal_columns(ks: tuple[int, ...]) -> tuple[str, ...]:
-    """Column names of the tracker's per-token values, e.g. ``topk_entropy@20``."""
-    return tuple(f"topk_entropy@{k}" for k in ks) + (
-        "full_entropy", "deepconf_confidence", "self_certainty", "token_logprob")
 
 
 class EntropyTracker(LogitsProcessor):

@@ -11,7 +11,7 @@ JSON-ready dict. What does not: the threshold formulas (``calibration.py``), plo
 Conventions, everywhere in this module:
 
 - the signal is oriented so that **higher = more uncertain** (confidences are negated, see
-  :func:`tje_hf.calibration.step_values`); the gate stops after step 1 when ``H1 <= tau``;
+  :func:`tje_hf.analysis.calibration.step_values`); the gate stops after step 1 when ``H1 <= tau``;
 - an unparseable answer (``correct`` null) counts as incorrect;
 - a problem whose step-1 value is NaN (empty segment, signal not computed) is **never stopped**
   by the gate (it runs all N steps) and is left out of every statistic of the signal itself
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from ..columns import DEFAULT_COLUMN
 from .calibration import METHODS, Calibration, calibrate, cohens_d, step_values
 
 IN_SAMPLE_NOTE = ("thresholds calibrated on every problem of the run and applied to the same problems "
@@ -75,7 +76,7 @@ class RunTable:
                         self.correct[idx], self.tokens[idx], self.signal, self.segment)
 
 
-def run_table(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all",
+def run_table(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str = "all",
               n_steps: int | None = None) -> RunTable:
     """The arrays of ``records`` (``docs/FORMAT.md``) for one signal and segment.
 
@@ -336,7 +337,7 @@ class FewShotSize:
 
     ``n_eval``: held-out problems per draw (every problem not drawn, NaN-signal ones included).
     ``n_all_correct`` / ``n_all_incorrect``: draws with a single class (their thresholds use the
-    documented fallbacks of :func:`tje_hf.calibration.calibrate`).
+    documented fallbacks of :func:`tje_hf.analysis.calibration.calibrate`).
     """
 
     n: int
@@ -523,7 +524,7 @@ def budget_curves(table: RunTable, taus: dict[str, float], budgets: tuple[int, .
 # Everything at once
 
 
-def evaluate_run(records: list[dict], signal: str = "topk_entropy@20", segment: str = "all", seed: int = 0,
+def evaluate_run(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str = "all", seed: int = 0,
                  n_steps: int | None = None, n_draws: int = 50, n_boot: int = 1000,
                  sizes: tuple[int, ...] | None = None) -> dict:
     """Every measurement of docs/method.md sections 4-5 on one run, as a JSON-ready dict (NaN/inf -> None).

@@ -1,7 +1,7 @@
 """``generate_with_entropy``: one ``model.generate`` call with the signal tracker attached.
 
 This is the only module that calls ``model.generate``. It turns prompts into a left-padded
-batch, places the :class:`~tje_hf.tracker.EntropyTracker` first in the processor chain, adds the
+batch, places the :class:`~tje_hf.generation.tracker.EntropyTracker` first in the processor chain, adds the
 stop rules and the per-row seeded sampler, runs ``generate`` once, and reads the tracker's device
 state back to the host once, after decoding.
 """
@@ -25,11 +25,11 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .config import DecodeConfig
+from ..columns import SEGMENTS
+from ..config import DecodeConfig
+from ..models.segments import GENERIC, SegmentRules
 from .sampling import SeededSampler, derive_seed
-from .segments import GENERIC, SegmentRules
 from .tracker import (
-    SEGMENTS,
     STOP_REASONS,
     EntropyTracker,
     TokenBudgetStop,
@@ -48,7 +48,7 @@ class SequenceResult:
     """One generated sequence.
 
     ``means[segment][column]`` is the mean of a signal over the segment's tokens (segments
-    ``all``, ``reasoning``, ``answer``; columns as :func:`tje_hf.tracker.signal_columns`, e.g.
+    ``all``, ``reasoning``, ``answer``; columns as :func:`tje_hf.generation.tracker.signal_columns`, e.g.
     ``topk_entropy@20`` in bits). NaN where a segment has no token. ``trace`` is ``(n, S)``
     float32 per generated token, ``segments`` ``(n,)`` int8 (0 reasoning, 1 answer, 2 header),
     ``alt_ids``/``alt_logprobs`` ``(n, a)`` the top-a alternatives, when asked.
@@ -233,7 +233,7 @@ def generate_with_entropy(
             repetition_penalty, seed, signals (ks, trace, alternatives) and the stop rules.
         seeds: one 32-bit sampling seed per prompt; default ``derive_seed(config.seed, row)``.
             A row's tokens depend on its seed only, not on the rest of the batch.
-        segment_rules: where reasoning ends and the answer begins (``tje_hf.families``).
+        segment_rules: where reasoning ends and the answer begins (``tje_hf.models.families``).
         template_kwargs: extra chat-template arguments (e.g. ``reasoning_effort``).
         token_budget: per-row token budgets (overrides ``config.token_budget``).
         logits_processor: extra processors, run after the observer and before sampling.
@@ -284,7 +284,7 @@ def generate_batch(
     """The one ``model.generate`` call, on a prepared left-padded batch ``(B, L)``.
 
     ``cache`` must hold exactly the first ``cache.get_seq_length() < L`` columns of
-    ``input_ids`` (build it with :func:`tje_hf.kvcache.plan_reuse`); it is extended in place and
+    ``input_ids`` (build it with :func:`tje_hf.generation.kvcache.plan_reuse`); it is extended in place and
     returned in ``GenerationOutput.cache``.
     """
     device = model.device
@@ -320,8 +320,7 @@ def generate_batch(
     criteria = StoppingCriteriaList()
     ws = config.window_stop
     if ws is not None:
-        column = f"topk_entropy@{ws.k}" if ws.signal == "topk_entropy" else ws.signal
-        criteria.append(WindowMeanStop(tracker, column, ws.threshold, ws.window, ws.min_tokens, ws.direction))
+        criteria.append(WindowMeanStop(tracker, ws.column, ws.threshold, ws.window, ws.min_tokens, ws.direction))
     budget = token_budget if token_budget is not None else config.token_budget
     if budget is not None:
         criteria.append(TokenBudgetStop(tracker, torch.as_tensor(budget, device=device)))

@@ -1,0 +1,1 @@
+"""Analysis of finished runs: calibration, evaluation, reports (numpy only)."""

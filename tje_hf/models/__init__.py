@@ -1,0 +1,1 @@
+"""Models: where weights come from, what they need, how a family talks."""
