@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from .columns import DEFAULT_COLUMN
-from .config import ConfigError, load_run_config, packaged_configs
+from .config import load_run_config, packaged_configs
+from .errors import USER_ERRORS
 
 DEMO_CONFIG = "demo"  # a packaged run config (tje_hf/configs/runs/demo.yaml)
 
@@ -30,17 +31,6 @@ lists them), e.g. gpt-oss-20b_aime24. Overrides: any config field as key.path=va
 Data parallel: `accelerate launch --multi_gpu --num_processes N -m tje_hf.cli run --config ...` runs one
 process per GPU, each on
 a disjoint shard of problems; the shards are merged when all are done (resume works per shard)."""
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from .generation.hf import PromptTooLongError
-    from .models.families import FamilyError
-    from .models.loading import ModelLoadError
-    from .records import RunDirError
-    from .tasks import TaskError
-
-    return (ConfigError, FamilyError, PromptTooLongError, ModelLoadError, RunDirError, TaskError,
-            FileNotFoundError)
 
 
 def _distributed() -> tuple[int, int, int] | None:
@@ -236,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         return args.func(args)
-    except _known_errors() as exc:
+    except (*USER_ERRORS, FileNotFoundError) as exc:
         print(f"tje: error: {exc}", file=sys.stderr)
         return 2
 

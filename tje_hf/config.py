@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from .columns import DEFAULT_COLUMN, column_error, signal_of
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -32,9 +33,6 @@ DEFAULT_REFINE_INSTRUCTION = (
     "End with the final answer in the same format."
 )
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type; the message names the field."""
 
 
 @dataclass(frozen=True)

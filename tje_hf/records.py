@@ -31,15 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import RunDirError
+
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
 TRACES = "traces.bin"
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked (e.g. it holds a run with another config)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ import numpy as np
 from .config import DecodeConfig, RefineConfig
 from .generation.hf import SequenceResult, generate_batch, pad_token_id
 from .generation.kvcache import CachedPrefix, ReusePlan, new_cache, plan_reuse
-from .generation.sampling import derive_seed
 from .models.families import Family, answer_text
+from .seeds import derive_seed
 
 _SENTINEL = "\u2063TJE-SENTINEL\u2063"
 

@@ -27,8 +27,10 @@ from transformers import (
 
 from ..columns import SEGMENTS
 from ..config import DecodeConfig
+from ..errors import PromptTooLongError
 from ..models.segments import GENERIC, SegmentRules
-from .sampling import SeededSampler, derive_seed
+from ..seeds import derive_seed
+from .sampling import SeededSampler
 from .tracker import (
     STOP_REASONS,
     EntropyTracker,
@@ -38,9 +40,6 @@ from .tracker import (
 
 Prompt = str | Sequence[dict] | Sequence[int]
 
-
-class PromptTooLongError(ValueError):
-    """A prompt does not fit in the model's context window."""
 
 
 @dataclass

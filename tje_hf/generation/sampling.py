@@ -11,18 +11,10 @@ so the noise is the same on every device and for every batch composition.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from transformers import LogitsProcessor
 
 _M32 = 0xFFFFFFFF
-
-
-def derive_seed(*parts: object) -> int:
-    """A 32-bit seed from any parts, e.g. ``derive_seed(run_seed, problem_id, step)``."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:

@@ -45,8 +45,8 @@ import torch
 from ..columns import SEGMENTS, signal_columns
 from ..config import DecodeConfig
 from ..models.segments import ANSWER, GENERIC, REASONING, SegmentRules, segment_labels
+from ..seeds import derive_seed
 from .hf import GenerationOutput, PromptTooLongError, SequenceResult
-from .sampling import derive_seed
 from .signals import deepconf_from_top_logprobs, topk_entropies_from_sorted
 
 #: Columns that need the full vocabulary, which vLLM's top-n log-probabilities do not give.

@@ -25,13 +25,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..errors import FamilyError
 from .segments import ANSWER, GENERIC, HEADER, HEADER_ANSWER, REASONING, SegmentRules, segment_labels
 
 FAMILIES = ("generic", "gpt-oss", "qwen3-thinking", "qwen3-instruct")
 
-
-class FamilyError(ValueError):
-    """The tokenizer lacks a token its family needs, or the family name is unknown."""
 
 
 def _token_id(tokenizer, token: str, family: str) -> int:

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from .loading import DTYPES, ModelLoadError, missing_mxfp4_kernels
+from ..errors import InsufficientMemoryError, ModelLoadError
+from .quantization import DTYPES, missing_mxfp4_kernels
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,6 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # device_map values that spread a model over every visible GPU
 _SPREAD = ("auto", "balanced", "balanced_low_0", "sequential")
 
-
-class InsufficientMemoryError(ModelLoadError, MemoryError):
-    """The model and the run's KV cache do not fit the memory available; the one-line message
-    names the numbers and what to change. A :class:`~tje_hf.models.loading.ModelLoadError` (so ``tje``
-    prints it as an error, not a traceback) and a :class:`MemoryError`."""
 
 
 # --------------------------------------------------------------------------------------------

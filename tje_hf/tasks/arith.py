@@ -19,7 +19,7 @@ mixing in subtraction and multiplication drops that to about 20%, two-digit oper
 from __future__ import annotations
 
 from ..config import TaskConfig
-from ..generation.sampling import derive_seed
+from ..seeds import derive_seed
 from .base import Problem, Task, TaskError
 from .grading import Grade, grade_integer
 

@@ -12,14 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import TaskError
 from .grading import LETTERS, Grade
 
 AnswerType = Literal["integer", "choice", "text"]
 ANSWER_TYPES = ("integer", "choice", "text")
 
-
-class TaskError(ValueError):
-    """A task cannot be built: unknown name, missing file, column or config; the message says which."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 
 from ..config import TaskConfig
-from ..generation.sampling import derive_seed
+from ..seeds import derive_seed
 from .base import Problem, Task, choice_prompt, load_rows, require_columns
 from .grading import LETTERS, Grade, grade_choice
 
