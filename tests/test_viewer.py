@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from needs import unavailable
 
 from tje_hf.analysis.calibration import METHODS, calibrate_records
 from tje_hf.records import RunDir, pack_trace, read_records, read_trace
@@ -270,7 +271,7 @@ def test_crafted_values_stay_data_in_the_html(crafted_run: Path, tmp_path: Path,
 def test_viewer_js_parses():
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not on PATH: cannot syntax-check tje_hf/viewer/static/viewer.js")
+        unavailable("node is not on PATH: cannot syntax-check tje_hf/viewer/static/viewer.js")
     with as_file(files("tje_hf.viewer") / "static" / "viewer.js") as js:
         done = subprocess.run([node, "--check", str(js)], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -278,14 +279,11 @@ def test_viewer_js_parses():
 
 @pytest.mark.slow
 def test_default_decode_uses_the_local_tokenizer(run_dir: Path, tmp_path: Path):
-    from tje_hf.models.loading import cache_dir
-
-    found = sorted(cache_dir().glob("smollm2-135m-instruct-*/tokenizer.json"))
-    if not found:
-        pytest.skip(f"no converted SmolLM2 directory under {cache_dir()} (run `tje demo` once)")
     from transformers import AutoTokenizer
 
-    source = found[0].parent
+    from tje_hf.models.loading import builtin_smollm2_dir
+
+    source, _ = builtin_smollm2_dir()  # converted from the packaged GGUF on first use
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     (run / "environment.json").write_text(json.dumps({"model_source": str(source)}))
@@ -307,7 +305,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 def driver(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     if missing:
-        pytest.skip(f"browser test needs {' and '.join(missing)} (bash scripts/install_browser.sh)")
+        unavailable(f"browser test needs {' and '.join(missing)} (bash scripts/install_browser.sh)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.chrome.service import Service
 

@@ -2,34 +2,60 @@
 
 Top-k entropy from raw logits, streamed during ``generate``; an entropy-gated self-refinement
 loop; threshold calibration and model comparison. The public API is what ``__all__`` names.
+
+Importing ``tje_hf`` is cheap: it imports neither torch, transformers nor vllm. Each public name
+is resolved from its module on first access (PEP 562), so ``tje_hf.load_model`` imports torch and
+``tje_hf.calibrate`` does not.
 """
 
-from .analysis.calibration import Calibration, calibrate, calibrate_records
-from .analysis.evaluation import evaluate_run
-from .config import (
-    DecodeConfig,
-    ModelSpec,
-    RefineConfig,
-    RunConfig,
-    SignalConfig,
-    TaskConfig,
-    load_run_config,
-)
-from .generation.hf import GenerationOutput, SequenceResult, generate_with_entropy
-from .generation.signals import (
-    deepconf_confidence,
-    full_entropy,
-    self_certainty,
-    token_logprob,
-    topk_entropies,
-    topk_entropy,
-)
-from .generation.tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
-from .models.loading import LoadedModel, load_model
-from .refinement import RefineResult, StepResult, refine
-from .runner import run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .analysis.calibration import Calibration, calibrate, calibrate_records
+    from .analysis.evaluation import evaluate_run
+    from .config import (
+        DecodeConfig,
+        ModelSpec,
+        RefineConfig,
+        RunConfig,
+        SignalConfig,
+        TaskConfig,
+        load_run_config,
+    )
+    from .generation.hf import GenerationOutput, SequenceResult, generate_with_entropy
+    from .generation.signals import (
+        deepconf_confidence,
+        full_entropy,
+        self_certainty,
+        token_logprob,
+        topk_entropies,
+        topk_entropy,
+    )
+    from .generation.tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
+    from .models.loading import LoadedModel, load_model
+    from .refinement import RefineResult, StepResult, refine
+    from .runner import run
 
 __version__ = "0.1.0"
+
+# Public name -> the module (relative to this package) that defines it.
+_MODULES: dict[str, tuple[str, ...]] = {
+    ".analysis.calibration": ("Calibration", "calibrate", "calibrate_records"),
+    ".analysis.evaluation": ("evaluate_run",),
+    ".config": ("DecodeConfig", "ModelSpec", "RefineConfig", "RunConfig", "SignalConfig", "TaskConfig",
+                "load_run_config"),
+    ".generation.hf": ("GenerationOutput", "SequenceResult", "generate_with_entropy"),
+    ".generation.signals": ("deepconf_confidence", "full_entropy", "self_certainty", "token_logprob",
+                            "topk_entropies", "topk_entropy"),
+    ".generation.tracker": ("EntropyTracker", "TokenBudgetStop", "WindowMeanStop"),
+    ".models.loading": ("LoadedModel", "load_model"),
+    ".refinement": ("RefineResult", "StepResult", "refine"),
+    ".runner": ("run",),
+}
+_LAZY: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "Calibration",
@@ -62,3 +88,16 @@ __all__ = [
     "topk_entropies",
     "topk_entropy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .columns import DEFAULT_COLUMN
 from .config import load_run_config, packaged_configs
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, RunDirError
 
 DEMO_CONFIG = "demo"  # a packaged run config (tje_hf/configs/runs/demo.yaml)
 
@@ -41,10 +41,20 @@ def _distributed() -> tuple[int, int, int] | None:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import merge_shards, run
+def _quiet_progress(args: argparse.Namespace) -> None:
+    """``--no-progress``: also silence transformers' own bars (weights loading); run/demo only, since
+    importing transformers costs seconds and the other commands never load a model."""
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
 
-    cfg = load_run_config(args.config, args.set + args.overrides)
+        hf_logging.disable_progress_bar()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args.config, args.set + args.overrides)  # a bad config fails before torch loads
+    _quiet_progress(args)
+    from .runner import merge_shards, run, summarize
+
     dist = _distributed()
     device = None
     shard = None
@@ -60,8 +70,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if dist[0] != 0:
             return 0
         merge_shards(cfg.out_dir)
-        from .runner import summarize
-
         summary = summarize(cfg.out_dir)
     print(summary.table())
     print(f"\nrecords: {Path(cfg.out_dir) / 'records.jsonl'} ({summary.n_problems} problems, "
@@ -77,16 +85,17 @@ def _barrier() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .analysis.report import write_report
-    from .runner import run
-    from .viewer import write_viewer
-
     overrides = [f"out_dir={args.out}"]
     for flag, key in (("problems", "task.size"), ("steps", "refine.steps"),
                       ("max_new_tokens", "decode.max_new_tokens")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     cfg = load_run_config(DEMO_CONFIG, overrides + args.set)
+    _quiet_progress(args)
+    from .analysis.report import write_report
+    from .runner import run
+    from .viewer import write_viewer
+
     print(f"tje demo: {cfg.task.size} problems of the built-in '{cfg.task.name}' task, "
           f"{cfg.refine.steps} refinement steps each, model {cfg.model.name_or_path}", flush=True)
     summary = run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
@@ -111,24 +120,39 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir(path: str | Path, *, records: bool = True) -> Path:
+    """``path`` as an existing run directory, with finished records unless ``records`` is False;
+    RunDirError (one line, exit 2) otherwise, before anything is read or written there."""
+    from .records import RECORDS
+
+    run = Path(path)
+    if not run.is_dir():
+        raise RunDirError(f"{path}: no such run directory")
+    if records and not ((run / RECORDS).is_file() and (run / RECORDS).stat().st_size > 0):
+        raise RunDirError(f"{path}: no {RECORDS}, or an empty one "
+                          "(not a run directory, or no problem finished yet)")
+    return run
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import write_report
 
-    print(write_report(args.run_dir, args.out, signal=args.signal, segment=args.segment))
+    print(write_report(_run_dir(args.run_dir), args.out, signal=args.signal, segment=args.segment))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .analysis.report import compare_runs
 
-    print(compare_runs(args.run_dirs, args.out, signal=args.signal, segment=args.segment))
+    runs = [_run_dir(d) for d in args.run_dirs]
+    print(compare_runs(runs, args.out, signal=args.signal, segment=args.segment))
     return 0
 
 
 def cmd_view(args: argparse.Namespace) -> int:
     from .viewer import write_viewer
 
-    print(write_viewer(args.run_dir, args.out, signal=args.signal, problems=args.problem or None))
+    print(write_viewer(_run_dir(args.run_dir), args.out, signal=args.signal, problems=args.problem or None))
     return 0
 
 
@@ -136,7 +160,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .analysis.calibration import calibrate_records
     from .records import read_records
 
-    cal = calibrate_records(read_records(args.run_dir), signal=args.signal, segment=args.segment, step=args.step)
+    cal = calibrate_records(read_records(_run_dir(args.run_dir)), signal=args.signal, segment=args.segment,
+                            step=args.step)
     print(json.dumps(cal.to_json(), indent=2))
     return 0
 
@@ -144,7 +169,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .runner import merge_shards, summarize
 
-    merge_shards(args.run_dir)
+    merge_shards(_run_dir(args.run_dir, records=False))
     print(summarize(args.run_dir).table())
     return 0
 
@@ -156,13 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def command(name: str, summary: str, **kwargs) -> argparse.ArgumentParser:
+        # the summary is both the line of `tje --help` and the description of `tje NAME --help`
+        return sub.add_parser(name, help=summary, description=summary, **kwargs)
+
     def signal_args(p):
         p.add_argument("--signal", default=DEFAULT_COLUMN,
                        help=f"signal column (default {DEFAULT_COLUMN}, bits; higher = more uncertain)")
         p.add_argument("--segment", default="all", choices=["all", "reasoning", "answer"],
                        help="which tokens the step mean covers (default all)")
 
-    p = sub.add_parser("run", help="run a model over a task with the refinement loop (resumable)",
+    p = command("run", "run a model over a task with the refinement loop (resumable)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True,
                    help="a run YAML file, or the name of a packaged run config (see `tje configs`)")
@@ -172,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the built-in default model and task")
+    p = command("demo", "the whole pipeline on the built-in default model and task")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--problems", type=int, default=None, help="number of problems (default 64)")
     p.add_argument("--steps", type=int, default=None, help="refinement steps (default 4)")
@@ -182,35 +211,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("configs", help="list the packaged run configs (model, task, steps, max new tokens)")
+    p = command("configs", "list the packaged run configs (model, task, steps, max new tokens)")
     p.set_defaults(func=cmd_configs)
 
-    p = sub.add_parser("report", help="write RUN_DIR/report/report.md with tables and plots")
+    p = command("report", "write RUN_DIR/report/report.md with tables and plots")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/report)")
     signal_args(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("compare", help="compare several runs' calibration (which model knows when it knows)")
+    p = command("compare", "compare several runs' calibration (which model knows when it knows)")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="output directory")
     signal_args(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("view", help="write the token-level trace viewer (self-contained HTML)")
+    p = command("view", "write the token-level trace viewer (self-contained HTML)")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/viewer.html)")
     p.add_argument("--problem", action="append", default=[], help="only these problem ids (repeatable)")
     p.add_argument("--signal", default=DEFAULT_COLUMN, help=f"the signal that colours tokens (default {DEFAULT_COLUMN})")
     p.set_defaults(func=cmd_view)
 
-    p = sub.add_parser("calibrate", help="print the four thresholds computed from a run's step-1 records")
+    p = command("calibrate", "print the four thresholds computed from a run's step-1 records")
     p.add_argument("run_dir")
     p.add_argument("--step", type=int, default=1)
     signal_args(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("merge", help="merge the shards of a data-parallel run into records.jsonl")
+    p = command("merge", "merge the shards of a data-parallel run into records.jsonl")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_merge)
     return parser
@@ -220,10 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "no_progress", False):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except (*USER_ERRORS, FileNotFoundError) as exc:
