@@ -4,6 +4,7 @@ pairwise count), few-shot protocol, top-k ablation, persistence, token budget.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from itertools import product
@@ -13,8 +14,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tje_hf.analysis.calibration import calibrate
+from tje_hf.analysis.calibration import Calibration, calibrate
 from tje_hf.analysis.evaluation import (
+    IN_SAMPLE_NOTE,
+    BudgetCurves,
+    FewShotSize,
+    GateResult,
+    Oracle,
+    RunEvaluation,
+    Separation,
     auroc,
     auroc_ci,
     budget_curves,
@@ -321,7 +329,7 @@ def test_nan_signal_never_stops_and_is_left_out_of_statistics():
     assert separation(table.h1, table.correct[:, 0]).n_excluded == 1
     # NaN counts as the most uncertain: with tau 1.5 and 2 spare calls, f gets them.
     assert gated_schedule(table, 1.5, 8).tolist() == [1, 1, 1, 1, 1, 3]
-    res = evaluate_run(recs, n_boot=50, n_draws=5)
+    res = evaluate_run(recs, n_boot=50, n_draws=5).to_json()
     assert res["n_excluded"] == 1 and res["calibration"]["n_excluded"] == 1
     assert res["calibration"]["n_i"] == 2
 
@@ -336,7 +344,7 @@ def test_run_table_needs_every_step():
 
 
 def test_evaluate_run_bundles_everything(hand_run):
-    res = evaluate_run(hand_run, n_boot=200, n_draws=10)
+    res = evaluate_run(hand_run, n_boot=200, n_draws=10).to_json()
     json.dumps(res, allow_nan=False)  # JSON-ready: no NaN, no inf
     assert res["step1_accuracy"] == 0.5 and res["n_step_accuracy"] == 4 / 6
     cal = res["calibration"]
@@ -357,15 +365,100 @@ def test_evaluate_run_bundles_everything(hand_run):
     assert list(res["topk_ablation"]) == ["5", "20"]
     assert len(res["persistence"]) == 3 and [f["n"] for f in res["few_shot"]] == [5]
     assert res["budget"]["budgets"] == [6, 8, 9, 10, 12, 14, 15, 16, 18]
-    assert res == evaluate_run(hand_run, n_boot=200, n_draws=10)  # deterministic
+    assert res == evaluate_run(hand_run, n_boot=200, n_draws=10).to_json()  # deterministic
 
 
 def test_confidence_signals_are_negated(hand_run):
     # deepconf_confidence = 10 - H: negated, it is H - 10, so ranks (and d) are those of H.
-    res = evaluate_run(hand_run, signal="deepconf_confidence", n_boot=50, n_draws=5)
+    res = evaluate_run(hand_run, signal="deepconf_confidence", n_boot=50, n_draws=5).to_json()
     assert res["separation"]["auroc"] == 1.0 and res["separation"]["cohens_d"] == pytest.approx(3.0)
     assert res["calibration"]["tau_mean"] == pytest.approx(1.0 - 10)
     # The same gate decisions as on H for the shift-equivariant thresholds:
     assert res["gate"]["bayes"]["savings"] == pytest.approx(0.25)
     # tau_universal needs a positive mean; the negated confidence has mu_c = -9.
     assert "mu_c = -9 <= 0" in res["calibration"]["fallbacks"]["universal"]
+
+
+def test_evaluate_run_is_typed(hand_run):
+    res = evaluate_run(hand_run, n_boot=200, n_draws=10)
+    assert isinstance(res, RunEvaluation) and isinstance(res.calibration, Calibration)
+    assert isinstance(res.oracle, Oracle) and isinstance(res.budget, BudgetCurves)
+    assert list(res.gate) == ["mean", "info", "bayes", "universal"]
+    assert all(isinstance(g, GateResult) for g in res.gate.values())
+    assert all(isinstance(s, FewShotSize) for s in res.few_shot)
+    assert all(isinstance(s, Separation) for s in (*res.persistence, *res.topk_ablation.values()))
+    # The values as computed (to_json turns NaN and -inf into None), the K of the ablation as ints.
+    assert (res.n_problems, res.n_steps, res.n_excluded, res.step1_accuracy) == (6, 3, 0, 0.5)
+    assert res.in_sample == IN_SAMPLE_NOTE
+    assert res.calibration.tau_bayes == pytest.approx(1.75)
+    assert res.gate["info"].savings == pytest.approx(0.25) and res.gate["info"].thresh_acc == 5 / 6
+    assert res.sweep[0].tau == -math.inf and math.isnan(res.sweep[0].stopped_acc)
+    assert res.oracle.no_loss.tau == 2.0 and res.oracle.best_acc.tau == 1.5
+    assert list(res.topk_ablation) == [5, 20] and res.topk_ablation[5].auroc == pytest.approx(4 / 9)
+    assert res.persistence[1].auroc == pytest.approx(7 / 9)
+    assert [(s.n, s.n_draws, s.n_eval) for s in res.few_shot] == [(5, 10, 1)]
+    assert list(res.few_shot[0].methods) == ["mean", "info", "bayes", "universal"]
+    assert res.budget.budgets == (6, 8, 9, 10, 12, 14, 15, 16, 18)
+
+
+def _old_jsonable(obj):
+    """evaluate_run's serialisation before it returned a RunEvaluation (kept here as the reference)."""
+    if isinstance(obj, Calibration):
+        return obj.to_json()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _old_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _old_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_old_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_old_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _old_evaluate_run(records, signal="topk_entropy@20", segment="all", seed=0, n_steps=None, n_draws=50,
+                      n_boot=1000, sizes=None) -> dict:
+    """The JSON dict evaluate_run returned before RunEvaluation, built the old way from the parts."""
+    table = run_table(records, signal, segment, n_steps)
+    finite = np.isfinite(table.h1)
+    cal = dataclasses.replace(calibrate(table.h1[finite], table.correct[finite, 0]),
+                              n_excluded=int((~finite).sum()))
+    taus = cal.thresholds()
+    return _old_jsonable({
+        "signal": signal, "segment": segment, "n_problems": table.n_problems, "n_steps": table.n_steps,
+        "n_excluded": int((~finite).sum()), "step1_accuracy": float(table.correct[:, 0].mean()),
+        "n_step_accuracy": float(table.correct[:, -1].mean()), "in_sample": IN_SAMPLE_NOTE,
+        "calibration": cal, "gate": {m: gate(table, t) for m, t in taus.items()},
+        "separation": separation(table.h1, table.correct[:, 0], n_boot, seed=seed),
+        "oracle": oracle(table), "sweep": tau_sweep(table), "few_shot": few_shot(table, sizes, n_draws, seed),
+        "topk_ablation": {str(k): s for k, s in topk_ablation(records, segment, 1, n_boot, seed=seed).items()},
+        "persistence": persistence(table, n_boot, seed=seed), "budget": budget_curves(table, taus)})
+
+
+def _nan_f_records():
+    recs = hand_records()
+    recs[5]["steps"][0]["signals"]["all"]["topk_entropy@20"] = float("nan")
+    return recs
+
+
+@pytest.mark.parametrize(("records", "kw"), [
+    (hand_records, {"n_boot": 200, "n_draws": 10}),
+    (hand_records, {"signal": "deepconf_confidence", "n_boot": 50, "n_draws": 5}),
+    (hand_records, {"signal": "self_certainty", "segment": "answer", "seed": 3, "n_boot": 50, "n_draws": 5}),
+    (hand_records, {"n_steps": 2, "sizes": (2, 3), "n_boot": 50, "n_draws": 5}),
+    (hand_records, {"signal": "full_entropy", "sizes": (), "n_boot": 50, "n_draws": 5}),
+    (_nan_f_records, {"n_boot": 50, "n_draws": 5}),
+    (lambda: [make_record(j, f"p{j}", (0.2 * j + 0.1, 1.0), (True, True), (10, 10)) for j in range(8)],
+     {"n_boot": 50, "n_draws": 5}),
+])
+def test_to_json_is_the_old_dict(records, kw):
+    new = evaluate_run(records(), **kw).to_json()
+    old = _old_evaluate_run(records(), **kw)
+    # Equal as text: the same keys in the same order, the same values, None where NaN or infinite.
+    assert json.dumps(new, allow_nan=False) == json.dumps(old, allow_nan=False)

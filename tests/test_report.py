@@ -99,3 +99,17 @@ def test_axis_labels_carry_units_and_sign():
     assert signal_axis_label("topk_entropy@20") == "step-1 mean top-20 entropy (bits)"
     assert signal_axis_label("full_entropy", prefix="") == "full-vocabulary entropy (bits)"
     assert signal_axis_label("deepconf_confidence") == "step-1 mean \u2212deepconf_confidence (nats)"
+
+
+def test_undefined_numbers_read_n_a_and_minus_inf_never_stops(tmp_path):
+    # Every step-1 answer wrong: no correct example, so every tau is -inf (never stop), mu_c, d, the
+    # accuracy of the stopped problems and the AUROC are undefined; the few-shot tau has no finite draw.
+    recs = [make_record(j, f"p{j}", (0.5 + 0.25 * j, 1.0), (False, j % 2 == 0), (10, 20)) for j in range(7)]
+    md = write_report(write_run(tmp_path / "run", recs), out_dir=tmp_path / "out").read_text()
+    assert "| n/a | n/a | 0 | 1.250 | 0.540 | 7 | n/a |" in md
+    assert "| tau_bayes (Bayes optimal) | -inf (never stop) | 0.0% | n/a | 57.1% | +0.0 pp | 0.0% |" in md
+    assert "| oracle: best Thresh Acc | -inf (never stop) | 0.0% | n/a | 57.1% | +0.0 pp | 0.0% |" in md
+    assert "| 0 | 7 | n/a | 1.250 | n/a | n/a | n/a | n/a | n/a |" in md
+    assert "| 5 | 2 | tau_mean | n/a ± n/a | 0/50 | 0.0% ± 0.0% |" in md
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["calibration"]["tau_mean"] is None and summary["gate"]["mean"]["stopped_acc"] is None

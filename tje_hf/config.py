@@ -5,16 +5,24 @@ Every knob of a run lives in one of the dataclasses below; a run is fully descri
 YAML files (the packaged ``tje_hf/configs/``, or a user's own) and ``key.path=value`` command-line overrides are turned into these
 dataclasses by :func:`load_run_config`; unknown keys and wrong types are errors that name the
 field and the value. Nothing here touches a model, a tokenizer or the disk beyond reading YAML.
+
+Every config validates itself when it is built, from YAML or in Python: ``__post_init__`` checks
+each field's type against its annotation and then the class's own rules (``_rules``, next to the
+fields), and raises :class:`~tje_hf.errors.ConfigError` naming the field and the value, e.g.
+``DecodeConfig.top_p = 1.5: must be in (0, 1]``. Built from YAML, the same error names the dotted
+path instead: ``config field 'decode.top_p' = 1.5: must be in (0, 1]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,10 +41,55 @@ DEFAULT_REFINE_INSTRUCTION = (
     "End with the final answer in the same format."
 )
 
+#: One broken rule of a config: ``(field, value, why)``; ``field`` is dotted for a nested field.
+_Violation = tuple[str, Any, str]
+
+
+class _FieldError(ConfigError):
+    """A :class:`ConfigError` about one field, kept apart so that the field's path can be qualified:
+    by the class (built in Python: ``DecodeConfig.top_p``) or by the dotted path of the YAML key
+    (``config field 'decode.top_p'``, see :func:`_from_dict`)."""
+
+    def __init__(self, path: str, value: Any, why: str, owner: str | None = None):
+        self.path, self.value, self.why, self.owner = path, value, why, owner
+        where = f"{owner}.{path}" if owner else f"config field '{path}'"
+        super().__init__(f"{where} = {value!r}: {why}")
+
+    def __reduce__(self):  # picklable (a worker process may raise it)
+        return type(self), (self.path, self.value, self.why, self.owner)
+
+    def under(self, prefix: str) -> _FieldError:
+        """The same error with ``prefix`` (a dotted path ending in ``.``, or empty) before the field."""
+        return _FieldError(prefix + self.path, self.value, self.why)
+
+
+class _Validated:
+    """Base of every config: validates the instance on construction (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        try:
+            _check_types(self)
+            for name, value, why in self._rules():
+                raise _FieldError(name, value, why)
+        except _FieldError as exc:
+            raise _FieldError(exc.path, exc.value, exc.why, owner=type(self).__name__) from None
+
+    def _rules(self) -> Iterator[_Violation]:
+        """The broken rules of this config beyond the types of its fields, first one first."""
+        return iter(())
+
+
+def _unknown_column(column: str) -> str | None:
+    """Why ``column`` names no signal (None: it names one)."""
+    try:
+        signal_of(column)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Validated):
     """Where a model comes from and how it is placed on the hardware.
 
     ``name_or_path`` is a Hub id, a local directory, or ``builtin:smollm2`` (SmolLM2-135M-Instruct
@@ -61,7 +114,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class WindowStopConfig:
+class WindowStopConfig(_Validated):
     """In-step stop: the sliding-window mean of the signal ``column`` crosses ``threshold``.
 
     ``direction="above"`` stops a sequence when the window mean rises above the threshold (for an
@@ -75,9 +128,18 @@ class WindowStopConfig:
     min_tokens: int = 128
     direction: Literal["above", "below"] = "above"
 
+    def _rules(self) -> Iterator[_Violation]:
+        why = _unknown_column(self.column)
+        if why:
+            yield "column", self.column, why
+        if self.window < 1:
+            yield "window", self.window, "must be >= 1"
+        if self.min_tokens < self.window:
+            yield "min_tokens", self.min_tokens, f"must be >= window ({self.window})"
+
 
 @dataclass(frozen=True)
-class SignalConfig:
+class SignalConfig(_Validated):
     """Which per-token signals the tracker computes (all in one pass over the raw logits)."""
 
     ks: tuple[int, ...] = (5, 10, 15, 20)
@@ -90,9 +152,18 @@ class SignalConfig:
     # per step; the other columns are NaN), the cheapest tracking.
     full_vocab: bool = True
 
+    def _rules(self) -> Iterator[_Violation]:
+        if not self.ks or any(k < 1 for k in self.ks):
+            yield "ks", self.ks, "must be a non-empty list of positive integers"
+        if not 0 <= self.trace_alternatives <= 64:
+            yield "trace_alternatives", self.trace_alternatives, "must be in [0, 64]"
+        if self.trace_alternatives and not self.full_vocab:
+            yield "trace_alternatives", self.trace_alternatives, (
+                "needs full_vocab: true (their log-probabilities use the full-vocabulary normaliser)")
+
 
 @dataclass(frozen=True)
-class DecodeConfig:
+class DecodeConfig(_Validated):
     """Sampling settings of one ``generate`` call. ``temperature == 0`` is greedy decoding."""
 
     max_new_tokens: int = 8192
@@ -106,9 +177,28 @@ class DecodeConfig:
     window_stop: WindowStopConfig | None = None
     token_budget: int | None = None
 
+    def _rules(self) -> Iterator[_Violation]:
+        if self.max_new_tokens < 1:
+            yield "max_new_tokens", self.max_new_tokens, "must be >= 1"
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            yield "min_new_tokens", self.min_new_tokens, "must be in [0, max_new_tokens]"
+        if self.temperature < 0:
+            yield "temperature", self.temperature, "must be >= 0 (0 means greedy)"
+        if not 0 < self.top_p <= 1:
+            yield "top_p", self.top_p, "must be in (0, 1]"
+        if self.top_k < 0:
+            yield "top_k", self.top_k, "must be >= 0 (0 means off)"
+        if self.repetition_penalty <= 0:
+            yield "repetition_penalty", self.repetition_penalty, "must be > 0"
+        if self.token_budget is not None and self.token_budget < 1:
+            yield "token_budget", self.token_budget, "must be >= 1"
+        why = None if self.window_stop is None else column_error(self.window_stop.column, self.signals.ks)
+        if why:
+            yield "window_stop.column", self.window_stop.column, why
+
 
 @dataclass(frozen=True)
-class RefineConfig:
+class RefineConfig(_Validated):
     """The sequential self-refinement loop (docs/method.md section 2)."""
 
     steps: int = 4
@@ -121,10 +211,23 @@ class RefineConfig:
     history: Literal["template", "continuation"] = "template"
     reuse_cache: bool = True
 
+    def _rules(self) -> Iterator[_Violation]:
+        if self.steps < 1:
+            yield "steps", self.steps, "must be >= 1"
+        if self.policy == "gate" and self.tau is None:
+            yield "tau", self.tau, "policy 'gate' needs a threshold"
+        why = _unknown_column(self.gate_column)
+        if why:
+            yield "gate_column", self.gate_column, why
+
 
 @dataclass(frozen=True)
-class TaskConfig:
-    """Which problems to run. ``name`` is a built-in task or ``local`` (a file with a column map)."""
+class TaskConfig(_Validated):
+    """Which problems to run. ``name`` is a built-in task or ``local`` (a file with a column map).
+
+    Only the types are checked here: the task's own checks (``limit``, ``size``, ``digits``, the
+    column map) are made by :func:`tje_hf.tasks.load_task`, which knows the task.
+    """
 
     name: str = "arith"
     path: str | None = None
@@ -140,7 +243,7 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Validated):
     """One run: a model, a task, the loop and where the records go."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -153,140 +256,131 @@ class RunConfig:
     system_prompt: str | None = None
     backend: Literal["hf", "vllm"] = "hf"
 
-
-# --------------------------------------------------------------------------------------------
-# Validation
-
-
-def _check_ranges(cfg: Any, path: str) -> None:
-    """Semantic checks that types alone cannot express; raises ConfigError naming the field."""
-
-    def bad(name: str, value: Any, why: str) -> ConfigError:
-        return ConfigError(f"config field '{path}{name}' = {value!r}: {why}")
-
-    if isinstance(cfg, DecodeConfig):
-        if cfg.max_new_tokens < 1:
-            raise bad("max_new_tokens", cfg.max_new_tokens, "must be >= 1")
-        if not 0 <= cfg.min_new_tokens <= cfg.max_new_tokens:
-            raise bad("min_new_tokens", cfg.min_new_tokens, "must be in [0, max_new_tokens]")
-        if cfg.temperature < 0:
-            raise bad("temperature", cfg.temperature, "must be >= 0 (0 means greedy)")
-        if not 0 < cfg.top_p <= 1:
-            raise bad("top_p", cfg.top_p, "must be in (0, 1]")
-        if cfg.top_k < 0:
-            raise bad("top_k", cfg.top_k, "must be >= 0 (0 means off)")
-        if cfg.repetition_penalty <= 0:
-            raise bad("repetition_penalty", cfg.repetition_penalty, "must be > 0")
-        if cfg.token_budget is not None and cfg.token_budget < 1:
-            raise bad("token_budget", cfg.token_budget, "must be >= 1")
-        if cfg.window_stop is not None and column_error(cfg.window_stop.column, cfg.signals.ks):
-            raise bad("window_stop.column", cfg.window_stop.column,
-                      column_error(cfg.window_stop.column, cfg.signals.ks))
-    elif isinstance(cfg, WindowStopConfig):
-        try:
-            signal_of(cfg.column)
-        except ValueError as exc:
-            raise bad("column", cfg.column, str(exc)) from None
-        if cfg.window < 1:
-            raise bad("window", cfg.window, "must be >= 1")
-        if cfg.min_tokens < cfg.window:
-            raise bad("min_tokens", cfg.min_tokens, f"must be >= window ({cfg.window})")
-    elif isinstance(cfg, SignalConfig):
-        if not cfg.ks or any(k < 1 for k in cfg.ks):
-            raise bad("ks", cfg.ks, "must be a non-empty list of positive integers")
-        if not 0 <= cfg.trace_alternatives <= 64:
-            raise bad("trace_alternatives", cfg.trace_alternatives, "must be in [0, 64]")
-        if cfg.trace_alternatives and not cfg.full_vocab:
-            raise bad("trace_alternatives", cfg.trace_alternatives, "needs full_vocab: true (their "
-                      "log-probabilities use the full-vocabulary normaliser)")
-    elif isinstance(cfg, RefineConfig):
-        if cfg.steps < 1:
-            raise bad("steps", cfg.steps, "must be >= 1")
-        if cfg.policy == "gate" and cfg.tau is None:
-            raise bad("tau", cfg.tau, "policy 'gate' needs a threshold")
-        try:
-            signal_of(cfg.gate_column)
-        except ValueError as exc:
-            raise bad("gate_column", cfg.gate_column, str(exc)) from None
-    elif isinstance(cfg, RunConfig):
-        if cfg.batch_size < 1:
-            raise bad("batch_size", cfg.batch_size, "must be >= 1")
-        why = column_error(cfg.refine.gate_column, cfg.decode.signals.ks)
+    def _rules(self) -> Iterator[_Violation]:
+        if self.batch_size < 1:
+            yield "batch_size", self.batch_size, "must be >= 1"
+        why = column_error(self.refine.gate_column, self.decode.signals.ks)
         if why:
-            raise bad("refine.gate_column", cfg.refine.gate_column, why)
+            yield "refine.gate_column", self.refine.gate_column, why
 
 
 # --------------------------------------------------------------------------------------------
-# Dict -> dataclass, strictly
+# Types: dict -> dataclass, strictly (YAML), and the same checks on a dataclass built in Python
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    """Convert a YAML value to ``tp`` or raise ConfigError naming ``path`` and the value."""
-    origin = typing.get_origin(tp)
+def _check_types(cfg: Any) -> None:
+    """Raise :class:`_FieldError` for the first field of ``cfg`` whose value does not fit its annotation.
+
+    Values are only checked, never converted (an ``int`` stays an ``int`` in a ``float`` field, as
+    it always has; YAML values are converted by :func:`_from_dict` before the class is built); a
+    nested config must be an instance of its class (it validated itself when it was built).
+    """
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        _coerce(hints[f.name], getattr(cfg, f.name), f.name, build=False)
+
+
+# A scalar type: (accepts the value, what it expected, converts it).
+_SCALARS: dict[type, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    bool: (lambda v: isinstance(v, bool), "expected true or false", bool),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "expected an integer", int),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "expected a number", float),
+    str: (lambda v: isinstance(v, str), "expected a string", str),
+}
+
+
+def _coerce_union(tp: Any, value: Any, path: str, build: bool) -> Any:
     args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"config field '{path}' = {value!r}: "
-                          f"expected {_type_name(tp)}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"config field '{path}' = {value!r}: must be one of {list(args)}")
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(arg, value, path, build)
+        except ConfigError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise _FieldError(path, value, f"expected {_type_name(tp)}")
+
+
+def _coerce_literal(tp: Any, value: Any, path: str, build: bool) -> Any:
+    allowed = typing.get_args(tp)
+    if value not in allowed:
+        raise _FieldError(path, value, f"must be one of {list(allowed)}")
+    return value
+
+
+def _coerce_tuple(tp: Any, value: Any, path: str, build: bool) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise _FieldError(path, value, "expected a list")
+    item = typing.get_args(tp)[0]
+    return tuple(_coerce(item, v, f"{path}[{i}]", build) for i, v in enumerate(value))
+
+
+def _coerce_dict(tp: Any, value: Any, path: str, build: bool) -> dict:
+    if not isinstance(value, dict):
+        raise _FieldError(path, value, "expected a mapping")
+    key, item = typing.get_args(tp)
+    return {_coerce(key, k, path, build): _coerce(item, v, f"{path}.{k}", build) for k, v in value.items()}
+
+
+def _coerce_config(tp: type, value: Any, path: str, build: bool) -> Any:
+    if isinstance(value, tp):
         return value
+    if not build:
+        raise _FieldError(path, value, f"expected a {tp.__name__}")
+    if not isinstance(value, dict):
+        raise _FieldError(path, value, "expected a mapping")
+    return _from_dict(tp, value, path + ".")
+
+
+# The generic types a config field may have, by ``typing.get_origin``.
+_GENERICS: dict[Any, Callable[[Any, Any, str, bool], Any]] = {
+    typing.Union: _coerce_union, types.UnionType: _coerce_union, Literal: _coerce_literal,
+    tuple: _coerce_tuple, dict: _coerce_dict,
+}
+
+
+def _coerce(tp: Any, value: Any, path: str, build: bool = True) -> Any:
+    """Convert a YAML value to ``tp`` (``build``), or only check a Python value against it (the
+    result is then ignored); raises :class:`_FieldError` naming ``path`` and the value."""
+    generic = _GENERICS.get(typing.get_origin(tp))
+    if generic is not None:
+        return generic(tp, value, path, build)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config field '{path}' = {value!r}: expected a mapping")
-        return _from_dict(tp, value, path + ".")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config field '{path}' = {value!r}: expected a list")
-        return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config field '{path}' = {value!r}: expected a mapping")
-        return {_coerce(args[0], k, path): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config field '{path}' = {value!r}: expected true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config field '{path}' = {value!r}: expected an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config field '{path}' = {value!r}: expected a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config field '{path}' = {value!r}: expected a string")
-        return value
-    raise ConfigError(f"config field '{path}': unsupported type {_type_name(tp)}")
+        return _coerce_config(tp, value, path, build)
+    if tp not in _SCALARS:
+        raise ConfigError(f"config field '{path}': unsupported type {_type_name(tp)}")
+    accepts, expected, convert = _SCALARS[tp]
+    if not accepts(value):
+        raise _FieldError(path, value, expected)
+    return convert(value)
 
 
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys of '{prefix or 'run'}': "
                           f"{', '.join(sorted(names))})")
     kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
-    obj = cls(**kwargs)
-    _check_ranges(obj, prefix)
-    return obj
+    try:
+        return cls(**kwargs)
+    except _FieldError as exc:  # a rule of cls broken (the types were checked above, with the path)
+        raise exc.under(prefix) from None
 
 
 def from_dict(cls: type, data: dict) -> Any:

@@ -246,6 +246,41 @@ def calibrate(entropies, correct) -> Calibration:
         >>> cal.tau_mean, round(cal.tau_bayes, 4)
         (2.0, 3.3179)
     """
+    h, ok = _examples(entropies, correct)
+    hc, hi = h[ok], h[~ok]
+    n_c, n_i = len(hc), len(hi)
+    mu_c = _mean(hc) if n_c else math.nan
+    mu_i = _mean(hi) if n_i else math.nan
+    sigma_c, sigma_i = _sd(hc), _sd(hi)
+    s_p = pooled_sd(hc, hi)
+    d = cohens_d(hc, hi)
+
+    degenerate = _degenerate(mu_c, n_c, n_i, d)
+    if degenerate is not None:
+        tau, fallbacks = degenerate
+        return Calibration(mu_c, sigma_c, mu_i, sigma_i, n_c, n_i, d, tau, tau, tau, tau, fallbacks)
+
+    # From here both classes are non-empty and s_p > 0.
+    fallbacks: dict[str, str] = {}
+    sc = sigma_c
+    if n_c == 1:
+        sc = s_p
+        note = f"one correct example: sigma_c undefined (ddof=1), used pooled sd s_p = {s_p:.6g}"
+        fallbacks["info"] = fallbacks["universal"] = note
+    tau_info = mu_c + sc * math.log1p(abs(d))
+    tau_universal, why = _tau_universal(mu_c, mu_i, sc, d)
+    if why is not None:
+        fallbacks["universal"] = why
+    tau_bayes, why = _tau_bayes(mu_c, sigma_c, mu_i, sigma_i, n_c, n_i, s_p)
+    if why is not None:
+        fallbacks["bayes"] = why
+    return Calibration(mu_c, sigma_c, mu_i, sigma_i, n_c, n_i, d, float(mu_c), float(tau_info), float(tau_bayes),
+                       float(tau_universal), fallbacks)
+
+
+def _examples(entropies, correct) -> tuple[np.ndarray, np.ndarray]:
+    """``(values float64, correct bool)`` of :func:`calibrate`'s arguments; ``ValueError`` naming the
+    first bad one (shapes, no example, a non-boolean ``correct``, a non-finite value)."""
     h = np.asarray(entropies, dtype=np.float64)
     ok = np.asarray(correct)
     if h.ndim != 1 or ok.shape != h.shape:
@@ -259,65 +294,52 @@ def calibrate(entropies, correct) -> Calibration:
     bad = np.flatnonzero(~np.isfinite(h))
     if len(bad):
         raise ValueError(f"entropies[{bad[0]}] = {h[bad[0]]} is not finite (drop such examples first)")
+    return h, ok
 
-    hc, hi = h[ok], h[~ok]
-    n_c, n_i = len(hc), len(hi)
-    fallbacks: dict[str, str] = {}
-    mu_c = _mean(hc) if n_c else math.nan
-    mu_i = _mean(hi) if n_i else math.nan
-    sigma_c, sigma_i = _sd(hc), _sd(hi)
-    s_p = pooled_sd(hc, hi)
-    d = cohens_d(hc, hi)
 
-    def result(tau_mean: float, tau_info: float, tau_bayes: float, tau_universal: float) -> Calibration:
-        return Calibration(mu_c, sigma_c, mu_i, sigma_i, n_c, n_i, d, float(tau_mean), float(tau_info),
-                           float(tau_bayes), float(tau_universal), fallbacks)
-
+def _degenerate(mu_c: float, n_c: int, n_i: int, d: float) -> tuple[float, dict[str, str]] | None:
+    """The one threshold every method falls back to, with the fallbacks, when a class is empty or ``d``
+    is undefined (the module docstring lists them); None when the formulas apply."""
     if n_c == 0:
-        for m in METHODS:
-            fallbacks[m] = "no correct examples: mu_c undefined; tau = -inf (never stop)"
-        return result(-math.inf, -math.inf, -math.inf, -math.inf)
+        return -math.inf, dict.fromkeys(METHODS, "no correct examples: mu_c undefined; tau = -inf (never stop)")
     if n_i == 0:
-        for m in METHODS[1:]:
-            fallbacks[m] = "no incorrect examples: used tau_mean"
-        fallbacks["cohens_d"] = "no incorrect examples: d undefined"
-        return result(mu_c, mu_c, mu_c, mu_c)
+        return float(mu_c), {**dict.fromkeys(METHODS[1:], "no incorrect examples: used tau_mean"),
+                             "cohens_d": "no incorrect examples: d undefined"}
     if math.isnan(d):
         why = (f"n_c + n_i = {n_c + n_i} < 3" if n_c + n_i < 3
                else "pooled sd is 0 (every value within each class is equal)")
-        fallbacks["cohens_d"] = f"{why}: d undefined"
-        for m in METHODS[1:]:
-            fallbacks[m] = f"{why}: d undefined, used tau_mean"
-        return result(mu_c, mu_c, mu_c, mu_c)
+        return float(mu_c), {"cohens_d": f"{why}: d undefined",
+                             **dict.fromkeys(METHODS[1:], f"{why}: d undefined, used tau_mean")}
+    return None
 
-    # From here both classes are non-empty and s_p > 0.
-    sc = sigma_c
-    if n_c == 1:
-        sc = s_p
-        note = f"one correct example: sigma_c undefined (ddof=1), used pooled sd s_p = {s_p:.6g}"
-        fallbacks["info"] = fallbacks["universal"] = note
-    tau_info = mu_c + sc * math.log1p(abs(d))
 
+def _tau_universal(mu_c: float, mu_i: float, sc: float, d: float) -> tuple[float, str | None]:
+    """``tau_universal`` with ``sc`` for ``sigma_c``, and why it fell back to ``tau_mean`` (``mu_c <= 0``)."""
     if mu_c <= 0:
-        fallbacks["universal"] = f"mu_c = {mu_c:.6g} <= 0: sigma_c / mu_c undefined, used tau_mean"
-        tau_universal = mu_c
-    else:
-        w = math.sqrt(abs(d)) / (1 + math.sqrt(abs(d)))
-        tau_universal = mu_c + w * (mu_i - mu_c) * max(0.0, 1 - sc / mu_c)
+        return mu_c, f"mu_c = {mu_c:.6g} <= 0: sigma_c / mu_c undefined, used tau_mean"
+    w = math.sqrt(abs(d)) / (1 + math.sqrt(abs(d)))
+    return mu_c + w * (mu_i - mu_c) * max(0.0, 1 - sc / mu_c), None
 
-    sc_b, si_b, notes = sigma_c, sigma_i, []
+
+def _tau_bayes(mu_c: float, sigma_c: float, mu_i: float, sigma_i: float, n_c: int, n_i: int, s_p: float
+               ) -> tuple[float, str | None]:
+    """``tau_bayes`` (:func:`bayes_threshold`, priors from the class sizes), and its fallbacks joined
+    by ``"; "``: the pooled sd for both classes when a class sd is zero or undefined, then the
+    root's own."""
+    notes = []
     for name, n, s in (("sigma_c", n_c, sigma_c), ("sigma_i", n_i, sigma_i)):
         if n == 1:
             notes.append(f"{name} undefined (one example)")
         elif s == 0:
             notes.append(f"{name} = 0")
+    reasons = []
     if notes:
-        sc_b = si_b = s_p
-        fallbacks["bayes"] = f"{', '.join(notes)}: used pooled sd s_p = {s_p:.6g} for both classes (linear boundary)"
-    tau_bayes, why = bayes_threshold(mu_c, sc_b, mu_i, si_b, n_c / (n_c + n_i))
+        sigma_c = sigma_i = s_p
+        reasons.append(f"{', '.join(notes)}: used pooled sd s_p = {s_p:.6g} for both classes (linear boundary)")
+    tau, why = bayes_threshold(mu_c, sigma_c, mu_i, sigma_i, n_c / (n_c + n_i))
     if why is not None:
-        fallbacks["bayes"] = f"{fallbacks['bayes']}; {why}" if "bayes" in fallbacks else why
-    return result(mu_c, tau_info, tau_bayes, tau_universal)
+        reasons.append(why)
+    return tau, "; ".join(reasons) or None
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ applied offline (:func:`gate`), the separation of correct and incorrect answers
 (:func:`separation`, :func:`auroc`), the few-shot calibration protocol (:func:`few_shot`), the
 top-k ablation and per-step persistence, the oracle thresholds (:func:`oracle`), the token budget
 framework (:func:`budget_curves`), and :func:`evaluate_run`, which bundles them into one
-JSON-ready dict. What does not: the threshold formulas (``calibration.py``), plots and files
+:class:`RunEvaluation` (``to_json()`` gives its JSON form). What does not: the threshold formulas (``calibration.py``), plots and files
 (``report.py``), reading the run directory (``records.py``).
 
 Conventions, everywhere in this module:
@@ -524,60 +524,86 @@ def budget_curves(table: RunTable, taus: dict[str, float], budgets: tuple[int, .
 # Everything at once
 
 
+@dataclass(frozen=True, eq=False)  # eq would compare NaN fields as unequal: compare to_json() instead
+class RunEvaluation:
+    """Every measurement of docs/method.md sections 4-5 on one run (:func:`evaluate_run`).
+
+    ``n_excluded``: problems whose step-1 value is NaN; ``step1_accuracy`` / ``n_step_accuracy``
+    over every problem; ``calibration`` on all problems with a step-1 value; ``gate``
+    (``{method: GateResult}``, in :data:`METHODS` order) applies those thresholds to the same
+    problems, **in-sample** (``in_sample`` says so in words; the held-out numbers are in
+    ``few_shot``); ``separation`` at step 1; ``oracle`` and ``sweep`` (the gate at every distinct
+    threshold, :func:`tau_sweep`); ``few_shot`` (one :class:`FewShotSize` per calibration size);
+    ``topk_ablation`` (``{K: Separation}``, K ascending); ``persistence`` (one Separation per
+    step); ``budget`` (:class:`BudgetCurves` for the four in-sample thresholds). Values are as
+    computed: NaN where undefined, ``-inf`` for a threshold that never stops; :meth:`to_json`
+    turns them into ``None``.
+    """
+
+    signal: str
+    segment: str
+    n_problems: int
+    n_steps: int
+    n_excluded: int
+    step1_accuracy: float
+    n_step_accuracy: float
+    in_sample: str
+    calibration: Calibration
+    gate: dict[str, GateResult]
+    separation: Separation
+    oracle: Oracle
+    sweep: tuple[GateResult, ...]
+    few_shot: tuple[FewShotSize, ...]
+    topk_ablation: dict[int, Separation]
+    persistence: tuple[Separation, ...]
+    budget: BudgetCurves
+
+    def to_json(self) -> dict:
+        """Plain JSON data, keys in field order: nested results as dicts, tuples as lists, the K of
+        ``topk_ablation`` as strings, NaN and infinities as ``None`` (``json.dumps(...,
+        allow_nan=False)`` accepts it)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
 def evaluate_run(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str = "all", seed: int = 0,
                  n_steps: int | None = None, n_draws: int = 50, n_boot: int = 1000,
-                 sizes: tuple[int, ...] | None = None) -> dict:
-    """Every measurement of docs/method.md sections 4-5 on one run, as a JSON-ready dict (NaN/inf -> None).
+                 sizes: tuple[int, ...] | None = None) -> RunEvaluation:
+    """Every measurement of docs/method.md sections 4-5 on one run, as a :class:`RunEvaluation`.
 
-    Keys: ``signal``, ``segment``, ``n_problems``, ``n_steps``, ``n_excluded`` (NaN step-1
-    values), ``step1_accuracy``, ``n_step_accuracy``, ``calibration`` (all problems),
-    ``gate`` (``{method: GateResult}`` with those thresholds, **in-sample**: see ``in_sample``),
-    ``separation`` (step 1), ``oracle``, ``sweep`` (the gate at every distinct threshold),
-    ``few_shot`` (held-out), ``topk_ablation`` (``{K: Separation}``, keys as strings),
-    ``persistence`` (one Separation per step), ``budget`` (:class:`BudgetCurves` for the four
-    in-sample thresholds). ``seed`` drives the bootstrap and the few-shot draws.
+    ``n_steps`` as in :func:`run_table`; ``n_draws`` and ``sizes`` as in :func:`few_shot`;
+    ``n_boot`` bootstrap resamples for every AUROC CI; ``seed`` drives the bootstrap and the
+    few-shot draws. ``ValueError`` when no record has a finite step-1 value.
     """
     table = run_table(records, signal, segment, n_steps)
     finite = np.isfinite(table.h1)
     if not finite.any():
         raise ValueError(f"signal {signal!r} (segment {segment!r}) is NaN or null at step 1 in every record")
-    cal = dataclasses.replace(calibrate(table.h1[finite], table.correct[finite, 0]),
-                              n_excluded=int((~finite).sum()))
+    n_excluded = int((~finite).sum())
+    cal = dataclasses.replace(calibrate(table.h1[finite], table.correct[finite, 0]), n_excluded=n_excluded)
     taus = cal.thresholds()
-    out = {
-        "signal": signal,
-        "segment": segment,
-        "n_problems": table.n_problems,
-        "n_steps": table.n_steps,
-        "n_excluded": int((~finite).sum()),
-        "step1_accuracy": float(table.correct[:, 0].mean()),
-        "n_step_accuracy": float(table.correct[:, -1].mean()),
-        "in_sample": IN_SAMPLE_NOTE,
-        "calibration": cal,
-        "gate": {m: gate(table, t) for m, t in taus.items()},
-        "separation": separation(table.h1, table.correct[:, 0], n_boot, seed=seed),
-        "oracle": oracle(table),
-        "sweep": tau_sweep(table),
-        "few_shot": few_shot(table, sizes, n_draws, seed),
-        "topk_ablation": {str(k): s for k, s in topk_ablation(records, segment, 1, n_boot, seed=seed).items()},
-        "persistence": persistence(table, n_boot, seed=seed),
-        "budget": budget_curves(table, taus),
-    }
-    return to_jsonable(out)
+    return RunEvaluation(
+        signal=signal, segment=segment, n_problems=table.n_problems, n_steps=table.n_steps,
+        n_excluded=n_excluded, step1_accuracy=float(table.correct[:, 0].mean()),
+        n_step_accuracy=float(table.correct[:, -1].mean()), in_sample=IN_SAMPLE_NOTE, calibration=cal,
+        gate={m: gate(table, t) for m, t in taus.items()},
+        separation=separation(table.h1, table.correct[:, 0], n_boot, seed=seed),
+        oracle=oracle(table), sweep=tuple(tau_sweep(table)), few_shot=tuple(few_shot(table, sizes, n_draws, seed)),
+        topk_ablation=topk_ablation(records, segment, 1, n_boot, seed=seed),
+        persistence=tuple(persistence(table, n_boot, seed=seed)), budget=budget_curves(table, taus))
 
 
-def to_jsonable(obj):
-    """Dataclasses, dicts, lists and numpy scalars as plain JSON values; NaN and infinities -> None."""
+def _jsonable(obj):
+    """The JSON form of one part of a :class:`RunEvaluation`: :meth:`Calibration.to_json`, else
+    dataclass fields, dicts (keys as strings), sequences and numpy scalars as plain values; NaN and
+    infinities as ``None``."""
     if isinstance(obj, Calibration):
         return obj.to_json()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()]
+        return [_jsonable(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from ..errors import RunDirError
 from .page import read_payload, write_page
 from .payload import (
     CHUNK_TOKENS,
@@ -74,6 +75,8 @@ def write_viewer(run_dir: str | Path, out_path: str | Path | None = None, signal
         PosixPath('runs/demo/viewer.html')
     """
     run_dir = Path(run_dir)
+    if not (run_dir / "records.jsonl").is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no records.jsonl); nothing written")
     out = Path(out_path) if out_path is not None else run_dir / "viewer.html"
     index, per_problem = build_payload(run_dir, signal, thresholds, decode=decode, problems=problems,
                                        max_alternatives=max_alternatives)
