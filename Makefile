@@ -24,6 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_browser.sh
 	bash scripts/setup_vllm_env.sh
+	$(PY) scripts/fetch_reference_formats.py
 	$(PY) -m pytest -q tests
 	.venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests_vllm
 

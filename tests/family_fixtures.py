@@ -21,7 +21,10 @@ differently from the real BPEs too; tests must look ids up by token, never hard-
 
 The templates leave out tool definitions and tool calls (they raise instead), builtin tools,
 and multimodal content; everything else follows the published templates (gpt-oss-20b
-``chat_template.jinja``, Qwen3-*-Thinking-2507 / Instruct-2507, SmolLM2-Instruct).
+``chat_template.jinja``, Qwen3-*-Thinking-2507 / Instruct-2507, hybrid Qwen3-0.6B, SmolLM2-Instruct).
+``tests/test_reference_formats.py`` checks that they render exactly what the published templates
+render, and checks the family profiles on the real tokenizers; use these stand-ins only where a
+test needs a vocabulary small enough for the tiny models.
 """
 
 from __future__ import annotations
@@ -243,6 +246,13 @@ _QWEN3_TAIL = """\
 QWEN3_THINKING_TEMPLATE = (_QWEN3_HEAD + _QWEN3_THINKING_ASSISTANT
                            + _QWEN3_TAIL.replace("@GENERATION_PROMPT@", "<think>\\n"))
 QWEN3_INSTRUCT_TEMPLATE = _QWEN3_HEAD + _QWEN3_INSTRUCT_ASSISTANT + _QWEN3_TAIL.replace("@GENERATION_PROMPT@", "")
+# Hybrid Qwen3 (0.6B-32B): Thinking-2507's history handling, thinking on unless enable_thinking is false.
+QWEN3_HYBRID_TEMPLATE = (_QWEN3_HEAD + _QWEN3_THINKING_ASSISTANT
+                         + _QWEN3_TAIL.replace("' }}\n{%- endif %}", "' }}\n"
+                                               "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
+                                               "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+                                               "    {%- endif %}\n{%- endif %}")
+                         .replace("@GENERATION_PROMPT@", ""))
 
 # SmolLM2-Instruct's ChatML template, default system message included.
 CHATML_TEMPLATE = (
@@ -334,6 +344,13 @@ def qwen3_instruct_tokenizer() -> PreTrainedTokenizerFast:
     Template: ChatML, assistant content rendered as given, generation prompt
     ``<|im_start|>assistant\\n``. Tools raise."""
     return _build((), QWEN3_SPECIALS, QWEN3_INSTRUCT_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def qwen3_hybrid_tokenizer() -> PreTrainedTokenizerFast:
+    """Hybrid Qwen3 (Qwen3-0.6B ... 32B): the Qwen3 vocabulary and Thinking-2507's handling of
+    earlier turns; generation prompt ``<|im_start|>assistant\\n``, followed by an empty
+    ``<think>\\n\\n</think>\\n\\n`` block when ``enable_thinking=False``. Tools raise."""
+    return _build((), QWEN3_SPECIALS, QWEN3_HYBRID_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
 def generic_chatml_tokenizer() -> PreTrainedTokenizerFast:

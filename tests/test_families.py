@@ -22,6 +22,7 @@ from family_fixtures import (
     harmony_base,
     harmony_eos_ids,
     harmony_tokenizer,
+    qwen3_hybrid_tokenizer,
     qwen3_instruct_tokenizer,
     qwen3_thinking_tokenizer,
 )
@@ -29,7 +30,14 @@ from transformers import LogitsProcessor
 from transformers.utils import chat_template_utils
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
-from tje_hf.models.families import FAMILIES, FamilyError, answer_text, make_family, resolve_family
+from tje_hf.models.families import (
+    FAMILIES,
+    FamilyError,
+    answer_text,
+    history_text,
+    make_family,
+    resolve_family,
+)
 from tje_hf.models.segments import ANSWER, HEADER, REASONING, SegmentMachine, segment_labels
 
 H, R, A = HEADER, REASONING, ANSWER
@@ -254,16 +262,30 @@ def test_harmony_default_effort_is_medium_and_system_message_becomes_developer(t
     tok = toks["gpt-oss"]
     ids = make_family("gpt-oss", template_date="2025-08-05").render(
         tok, [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}])
+    # harmony's developer message (the template adds "\n\n" after the instructions; harmony,
+    # which the model was trained on, does not: see families.py and test_reference_formats.py)
     assert tok.decode(ids) == (HARMONY_SYSTEM.format(date="2025-08-05", effort="medium")
-                               + "<|start|>developer<|message|># Instructions\n\nAnswer briefly.\n\n<|end|>"
+                               + "<|start|>developer<|message|># Instructions\n\nAnswer briefly.<|end|>"
                                + f"<|start|>user<|message|>{QUESTION}<|end|><|start|>assistant")
+
+
+def test_harmony_date_pin_touches_the_system_message_only(toks, fake_today):
+    tok = toks["gpt-oss"]
+    question = "Current date: 2024-02-28. What is the date two days later?"
+    text = tok.decode(make_family("gpt-oss", template_date="2025-08-05").render(
+        tok, [{"role": "system", "content": "Current date: 2023-01-01"}, {"role": "user", "content": question}]))
+    assert text.startswith(HARMONY_SYSTEM.format(date="2025-08-05", effort="medium"))
+    assert "# Instructions\n\nCurrent date: 2023-01-01<|end|>" in text
+    assert f"<|start|>user<|message|>{question}<|end|>" in text
 
 
 @pytest.mark.parametrize("family_name", ["qwen3-thinking", "qwen3-instruct"])
 def test_qwen3_render_drops_earlier_reasoning(family_name, toks):
     tok = toks[family_name]
     family = make_family(family_name, reasoning_effort="high", template_date="2025-08-05")
-    assert family.template_kwargs == {} and family.template_date is None  # harmony-only settings
+    # harmony-only settings are ignored; enable_thinking always says the family's mode
+    assert family.template_kwargs == {"enable_thinking": family_name == "qwen3-thinking"}
+    assert family.template_date is None
     prompt_tail = "<think>\n" if family_name == "qwen3-thinking" else ""
     expected = (f"<|im_start|>user\n{QUESTION}<|im_end|>\n"
                 f"<|im_start|>assistant\n{ANSWER_TEXT}<|im_end|>\n"
@@ -379,13 +401,13 @@ def test_resolve_family_on_tiny_models(tiny_gpt_oss, tiny_qwen3_moe, toks):
     # Qwen3 checkpoints share one vocabulary (think tags included), so the template decides.
     assert resolve_family("auto", tiny_qwen3_moe, toks["qwen3-thinking"]) == "qwen3-thinking"
     assert resolve_family("auto", tiny_qwen3_moe, toks["qwen3-instruct"]) == "qwen3-instruct"
-    hybrid = qwen3_instruct_tokenizer()
-    hybrid.chat_template = hybrid.chat_template.replace(
-        "{{- '<|im_start|>assistant\\n' }}",
-        "{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and enable_thinking is false %}"
-        "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}")
+    hybrid = qwen3_hybrid_tokenizer()
     assert "enable_thinking" in hybrid.chat_template
     assert resolve_family("auto", tiny_qwen3_moe, hybrid) == "qwen3-thinking"
+    assert resolve_family("auto", tiny_qwen3_moe, hybrid, enable_thinking=True) == "qwen3-thinking"
+    assert resolve_family("auto", tiny_qwen3_moe, hybrid, enable_thinking=False) == "qwen3-instruct"
+    # Templates without the switch decide by themselves.
+    assert resolve_family("auto", tiny_qwen3_moe, toks["qwen3-thinking"], enable_thinking=False) == "qwen3-thinking"
     bare = qwen3_instruct_tokenizer()
     bare.chat_template = None
     assert resolve_family("auto", tiny_qwen3_moe, bare) == "qwen3-thinking"  # has </think>, no template
@@ -465,3 +487,89 @@ def test_segment_means_of_a_scripted_generation(model_fixture, family_name, piec
                                                          abs=1e-6)
     assert answer_text(tok, res.token_ids, res.segments.tolist(), family) == "".join(
         t for t, c in pieces if c == ANSWER).strip()
+
+
+# --------------------------------------------------------------------------------------------
+# (f) the hybrid Qwen3 switch
+
+
+def test_enable_thinking_follows_the_family_on_the_hybrid_template():
+    tok = qwen3_hybrid_tokenizer()
+    question = [{"role": "user", "content": QUESTION}]
+    on = tok.decode(make_family("qwen3-thinking").render(tok, question))
+    off = tok.decode(make_family("qwen3-instruct", enable_thinking=False).render(tok, question))
+    assert on.endswith(f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+    assert off.endswith(f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert make_family("qwen3-instruct").template_kwargs == {"enable_thinking": False}
+    assert make_family("qwen3-thinking", enable_thinking=True).template_kwargs == {"enable_thinking": True}
+    assert make_family("generic", enable_thinking=False).template_kwargs == {"enable_thinking": False}
+    assert make_family("generic").template_kwargs == {}
+    with pytest.raises(FamilyError, match="qwen3-instruct"):
+        make_family("qwen3-thinking", enable_thinking=False)
+    with pytest.raises(FamilyError, match="qwen3-thinking"):
+        make_family("qwen3-instruct", enable_thinking=True)
+    with pytest.raises(FamilyError, match="reasoning_effort"):
+        make_family("gpt-oss", enable_thinking=False)
+
+
+# --------------------------------------------------------------------------------------------
+# (g) history: the answer turn of template history, the tokens of continuation history
+
+
+def test_history_turn_keeps_the_answer_as_written(toks):
+    tok, family = toks["qwen3-thinking"], make_family("qwen3-thinking")
+    ids, _ = scripted(tok, [("Okay.\n", R), ("</think>", H), ("\n\nThe answer is 4.\n", A), ("<|im_end|>", H)])
+    assert answer_text(tok, ids, None, family) == "The answer is 4."
+    # The Qwen3 template drops the newlines after </think> and keeps the trailing one.
+    assert history_text(tok, ids, None, family) == "The answer is 4.\n"
+    assert family.history_turn(tok, ids) == {"role": "assistant", "content": "The answer is 4.\n"}
+    tok, family = toks["gpt-oss"], make_family("gpt-oss")
+    ids, labels = scripted(tok, HARMONY_CUT_IN_ANALYSIS)
+    assert family.history_turn(tok, ids, labels) == {"role": "assistant", "content": ""}
+    # The labels as StepResult holds them (the tracker's array) work as well.
+    ids, labels = scripted(tok, HARMONY_ANALYSIS_FINAL)
+    assert family.history_turn(tok, ids, np.asarray(labels)) == {"role": "assistant", "content": "The answer is 42."}
+
+
+# generation -> what continuation appends after the previous prompt (the generation as history
+# holds it, then the next user turn and the generation prompt)
+HARMONY_TAIL = "<|start|>user<|message|>{r}<|end|><|start|>assistant"
+QWEN3_TAIL = "\n<|im_start|>user\n{r}<|im_end|>\n<|im_start|>assistant\n<think>\n"
+CONTINUATIONS = {
+    "gpt-oss": [
+        ("<|channel|>final<|message|>42<|return|>", "<|channel|>final<|message|>42<|end|>" + HARMONY_TAIL),
+        ("<|channel|>final<|message|>42<|endoftext|>", "<|channel|>final<|message|>42<|end|>" + HARMONY_TAIL),
+        ("<|channel|>analysis<|message|>We need<|end|>", "<|channel|>analysis<|message|>We need<|end|>" + HARMONY_TAIL),
+        ("<|channel|>analysis<|message|>We need", "<|channel|>analysis<|message|>We need<|end|>" + HARMONY_TAIL),
+        ("<|channel|>analysis<|message|>We need<|end|><|start|>assistant<|channel|>final",
+         "<|channel|>analysis<|message|>We need<|end|>" + HARMONY_TAIL),
+        (" to=functions.f<|channel|>commentary<|message|>{}<|call|>",
+         " to=functions.f<|channel|>commentary<|message|>{}<|call|>" + HARMONY_TAIL),
+    ],
+    "qwen3-thinking": [
+        ("Okay.\n</think>\n\n4<|im_end|>", "Okay.\n</think>\n\n4<|im_end|>" + QWEN3_TAIL),
+        ("Okay.\n</think>\n\n4<|endoftext|>", "Okay.\n</think>\n\n4<|im_end|>" + QWEN3_TAIL),
+        ("Okay, let me", "Okay, let me<|im_end|>" + QWEN3_TAIL),
+    ],
+    "generic": [
+        ("Four.<|im_end|>", "Four.<|im_end|>\n<|im_start|>user\n{r}<|im_end|>\n<|im_start|>assistant\n"),
+        ("Four", "Four<|im_end|>\n<|im_start|>user\n{r}<|im_end|>\n<|im_start|>assistant\n"),
+    ],
+}
+
+
+@pytest.mark.parametrize("family_name", list(CONTINUATIONS))
+def test_continuation_closes_the_turn_once(family_name, toks):
+    tok, family = toks[family_name], make_family(family_name, template_date="2025-08-05")
+    for generated, expected in CONTINUATIONS[family_name]:
+        got = family.continuation(tok, encode_generation(tok, generated), REVIEW)
+        expected = expected.replace("{r}", REVIEW)
+        assert tok.decode(got) == expected, generated
+        assert got == encode_generation(tok, expected)
+
+
+def test_continuation_needs_a_template_that_keeps_assistant_text(toks):
+    tok = generic_chatml_tokenizer()
+    tok.chat_template = tok.chat_template.replace("message['content']", "message['content'][:3]")
+    with pytest.raises(FamilyError, match="verbatim"):
+        make_family("generic").continuation(tok, [1, 2], REVIEW)

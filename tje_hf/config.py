@@ -105,6 +105,9 @@ class ModelSpec(_Validated):
     quantization: Literal["none", "4bit", "8bit", "mxfp4", "bf16-dequantized"] = "none"
     family: Literal["auto", "generic", "gpt-oss", "qwen3-thinking", "qwen3-instruct"] = "auto"
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    # Hybrid Qwen3 (0.6B-32B) only: the template's thinking switch. None = the template's default
+    # (on); False = thinking off (family qwen3-instruct under "auto"). Must agree with a given family.
+    enable_thinking: bool | None = None
     trust_remote_code: bool = False
     # vLLM backend only: GPUs to shard the model over (tensor parallelism).
     tensor_parallel_size: int = 1
