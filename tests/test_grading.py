@@ -17,6 +17,7 @@ from tje_hf.tasks.grading import (
     grade_integer,
     grade_text,
     strip_reasoning,
+    unwrap_latex,
 )
 
 HARMONY = ("<|channel|>analysis<|message|>We need the number of ... Let's test 17: fails. Try 204: works."
@@ -106,6 +107,39 @@ def test_grade_aime(text, gold, expected):
     assert grade_aime(text, gold) == expected
 
 
+# The reported AIME misreads, and the rules that fix them.
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is \\textbf{33}.\nThis took 5 steps.", Grade("33", True, "match")),  # was 5
+    ("### Final Answer\n\\boxed{33}\n\nPlease put your final answer within \\boxed{}.",
+     Grade("33", True, "match")),  # was unparseable
+    ("That is 33 ways in total, computed in 2 steps.", Grade("33", True, "match")),  # was 2
+    ("**Answer: 33**\n\nCheck: 12 + 21 = 33 over 2 cases, 5 steps.", Grade("33", True, "match")),
+    ("Answer: 34\n\nWait, one case is counted twice.\n\n**Answer: 33**", Grade("33", True, "match")),
+    ("**Answer: 12 or 33**", Grade(None, None, "unparseable")),
+    ("$\\boxed{12}$ or $\\boxed{33}$", Grade(None, None, "unparseable")),
+    ("\\boxed{33 \\text{ ways}}", Grade("33", True, "match")),
+    ("\\boxed{1{,}033}", Grade("1033", False, "mismatch")),  # outside 0-999
+    ("The answer is 32.5", Grade(None, None, "unparseable")),
+    ("\\boxed{\\textbf{(C)}\\ 33}", Grade("33", True, "match")),  # an AMC-style letter before the value
+])
+def test_grade_aime_reported_misreads(text, expected):
+    assert grade_aime(text, "33") == expected
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("\\textbf{33}", "33"),
+    ("\\boxed{\\mathbf{42}}", "\\boxed{42}"),
+    ("$\\text{(C)} 10^{-8}$", "(C) 10^{-8}"),
+    ("\\(12\\) and \\[13\\]", "12 and 13"),
+    ("\\$15", "15"),
+    ("1{,}024 and 1\\,024", "1,024 and 1024"),
+    ("60^\\circ", "60"),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}"),
+])
+def test_unwrap_latex(text, plain):
+    assert unwrap_latex(text) == plain
+
+
 def test_aime_in_a_worker_thread():
     """Math-Verify's signal-based timeout raises outside the main thread; ours switches it off."""
     results = []
@@ -125,6 +159,15 @@ def test_aime_in_a_worker_thread():
     ("3.5 or x2", None),  # decimals and glued digits are not standalone integers
     ("The answer is 12.5", None),  # not an integer answer, and the last line has no integer either
     ("The answer is 1,234, I think", "1234"),
+    # LaTeX wrappers are unwrapped before anything is stripped (was "5")
+    ("The answer is \\textbf{33}.\nThis took 5 steps.", "33"),
+    ("The answer is 12 or 15", None),  # two candidates
+    ("\\boxed{12} or \\boxed{15}", None),
+    ("\\boxed{12, 15}", None),
+    ("\\boxed{33}\n\nPlease put your final answer within \\boxed{}.", "33"),  # echoed instruction
+    ("That is 33 ways in total, computed in 2 steps.", "33"),  # the value stated, not the step count
+    ("So $x = 3$ and $y = 5$.", None),  # two values, none marked as the answer
+    ("The answer is not 17.", None),
 ])
 def test_extract_integer_span(text, span):
     assert extract_integer_span(text) == span
@@ -140,6 +183,10 @@ def test_bad_gold_is_an_error():
 
 
 @pytest.mark.parametrize("text, gold, expected", [
+    ("The answer is 8.\nThis took 2 steps.", "8", Grade("8", True, "match")),
+    ("I think it's 8 or 9.", "8", Grade(None, None, "unparseable")),
+    ("What is 3 + 5? Answer with just the number.\n\n8", "8", Grade("8", True, "match")),
+    ("What is 3 + 5? Answer with just the number.", "8", Grade(None, None, "unparseable")),
     ("8", "8", Grade("8", True, "match")),
     ("3 + 5 = 8", "8", Grade("8", True, "match")),
     ("7 - 9 = -2", "-2", Grade("-2", True, "match")),  # a binary minus, then a negative result
@@ -178,8 +225,10 @@ def test_grade_integer(text, gold, expected):
     ("Answer: A\nWait, that ignores the spin. Answer: D", "D"),
     # an explicit answer beats later option references
     ("The answer is (B). Options (C) and (D) violate parity.", "B"),
-    # only parenthesised letters: the last one
-    ("I would pick (A) over (C).", "C"),
+    # "pick (A)" states the choice, "(C)" is met in passing (was "C": the last parenthesised letter)
+    ("I would pick (A) over (C).", "A"),
+    # letters met in passing only, never a guess
+    ("Between (A) and (B) it is hard to say; (C) seems unlikely.", None),
     # no answer: lower-case articles and words are not letters
     ("The answer is a subtle one.", None),
     ("I cannot decide.", None),
@@ -200,6 +249,53 @@ def test_grade_choice(text, gold, expected):
     assert grade_choice(text, gold) == expected
 
 
+# The reported GPQA problems: a restated option list was graded D (right whenever the gold was D),
+# and choices a reader sees at once were unparseable.
+@pytest.mark.parametrize("text, letter", [
+    ("(A) 10^-11 eV (B) 10^-8 eV (C) 10^-9 eV (D) 10^-4 eV", None),
+    ("A) 10^-11 eV\nB) 10^-8 eV\nC) 10^-9 eV\nD) 10^-4 eV", None),
+    ("The final answer is: (A) 10^-11 eV, (B) 10^-8 eV, (C) 10^-9 eV, (D) 10^-4 eV", None),
+    ("The correct option is C.", "C"),
+    ("I choose option C.", "C"),
+    ("C. 10^-8 eV", "C"),
+    ("the answer is c", "C"),
+    ("Answer: I think it is C", "C"),
+    ("The answer is either B or C.", None),
+    ("**Answer: B or C**", None),
+    ("Hence the answer must be (C), since (A), (B) and (D) are too small.", "C"),
+    ("**C**\n\n(A), (B) and (D) are all smaller than the linewidth.", "C"),
+])
+def test_choice_reported_misreads(text, letter):
+    assert extract_choice(text, 4) == letter
+
+
+ENERGIES = ("10^-11 eV", "10^-8 eV", "10^-4 eV", "10^-9 eV")
+
+
+@pytest.mark.parametrize("text, choices, expected", [
+    # with the option texts, an answer naming an option by its text counts
+    ("The answer is 10^-4 eV.", ENERGIES, Grade("C", True, "match")),
+    ("### Final Answer\n\\boxed{10^{-4}\\ \\text{eV}}", ENERGIES, Grade("C", True, "match")),
+    ("10^-4 eV", ENERGIES, Grade("C", True, "match")),  # a bare option text
+    ("10^-6 eV", ENERGIES, Grade(None, None, "unparseable")),  # no such option
+    ("The answer is 10^-4 eV.", None, Grade(None, None, "unparseable")),  # options unknown
+    ("The correct answer is B) 10^-4 eV.", ENERGIES, Grade(None, None, "unparseable")),  # letter vs text
+    ("The correct answer is C) 10^-4 eV.", ENERGIES, Grade("C", True, "match")),
+])
+def test_grade_choice_with_option_texts(text, choices, expected):
+    assert grade_choice(text, "C", choices=choices) == expected
+
+
+def test_task_graders_pass_the_option_texts():
+    from tje_hf.tasks import gpqa, local
+    from tje_hf.tasks.base import Problem
+
+    problem = Problem(id="p", question="?", gold="C", answer_type="choice", choices=ENERGIES)
+    assert gpqa.grade(problem, "**Answer: 10^-4 eV**") == Grade("C", True, "match")
+    assert local.grade(problem, "**Answer: 10^-4 eV**") == Grade("C", True, "match")
+    assert grade_answer("Answer: 10^-4 eV", "C", "choice", choices=ENERGIES).correct is True
+
+
 def test_choice_gold_must_be_a_letter():
     with pytest.raises(ValueError, match="gold = 'Nitrogen'"):
         grade_choice("Answer: A", "Nitrogen")
@@ -215,6 +311,10 @@ def test_choice_gold_must_be_a_letter():
     ("\\boxed{Sirap}", "Paris", Grade("sirap", False, "mismatch")),  # no symbolic algebra on words
     ("\\boxed{\\frac{2}{4}}", "1/2", Grade("\\frac{2}{4}", True, "match")),
     ("", "Paris", Grade(None, None, "unparseable")),
+    ("The answer is Paris, since it is the seat of government.", "Paris", Grade("paris", True, "match")),
+    ("Answer: Paris\n\nPlease put your final answer within \\boxed{}.", "Paris", Grade("paris", True, "match")),
+    ("\\boxed{Paris} or \\boxed{Lyon}", "Paris", Grade(None, None, "unparseable")),
+    ("It could be Paris or Lyon; I am honestly not sure which city.", "Paris", Grade(None, None, "unparseable")),
 ])
 def test_grade_text(text, gold, expected):
     assert grade_text(text, gold) == expected

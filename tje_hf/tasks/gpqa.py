@@ -31,7 +31,8 @@ ANSWER_COLUMNS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", 
 
 
 def grade(problem: Problem, text: str) -> Grade:
-    return grade_choice(text, problem.gold, len(problem.choices or ()) or 4)
+    # The option texts let an answer that names an option by its text count ("Answer: 10^-4 eV").
+    return grade_choice(text, problem.gold, len(problem.choices or ()) or 4, problem.choices)
 
 
 def option_order(seed: int, problem_id: str, n: int = 4) -> list[int]:

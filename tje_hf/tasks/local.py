@@ -37,7 +37,7 @@ def grade(problem: Problem, text: str) -> Grade:
     if problem.answer_type == "integer":
         return grade_integer(text, problem.gold)
     if problem.answer_type == "choice":
-        return grade_choice(text, problem.gold, len(problem.choices or ()) or 4)
+        return grade_choice(text, problem.gold, len(problem.choices or ()) or 4, problem.choices)
     return grade_text(text, problem.gold)
 
 
