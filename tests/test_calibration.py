@@ -305,3 +305,97 @@ def test_calibrate_records_drops_nan_and_counts_it():
     assert cal.tau_bayes == pytest.approx(3.3178539, abs=1e-7)  # the reference example
     with pytest.raises(ValueError, match="NaN or null in all 1 records"):
         calibrate_records([_rec("x", {"topk_entropy@20": None}, True)])
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of threshold methods
+
+
+@pytest.fixture
+def registry():
+    """Restores the registry (and METHODS) after a test that registers or replaces methods."""
+    from tje_hf.analysis import calibration
+
+    saved = dict(calibration._REGISTRY)
+    yield calibration
+    calibration._REGISTRY.clear()
+    calibration._REGISTRY.update(saved)
+    calibration.METHODS = tuple(saved)
+
+
+def test_builtin_registry_and_reconstruction_label():
+    from tje_hf.analysis import calibration
+
+    assert calibration.METHODS == METHODS == ("mean", "info", "bayes", "universal")
+    methods = {m.name: m for m in calibration.threshold_methods()}
+    assert [m.reconstruction for m in methods.values()] == [False, False, False, True]
+    assert "does not publish its formula" in methods["universal"].note
+    assert "max(0, 1 - sigma_c / mu_c)" in methods["universal"].note
+    cal = calibrate([1.0, 2.0, 3.0, 3.0, 5.0], [True, True, True, False, False])
+    assert cal.reconstructed == {"universal": methods["universal"].note}
+    assert cal.taus == cal.thresholds() == {"mean": 2.0, "info": cal.tau_info, "bayes": cal.tau_bayes,
+                                            "universal": cal.tau_universal}
+    js = cal.to_json()
+    assert js["reconstructed"] == {"universal": methods["universal"].note}
+    assert js["thresholds"]["bayes"] == pytest.approx(3.3178539, abs=1e-7)
+
+
+def test_registered_method_gets_the_statistics_and_follows_everywhere(registry):
+    seen = []
+
+    def midpoint(s):
+        seen.append(s)
+        return (s.mu_c + s.mu_i) / 2
+
+    registry.register_threshold("midpoint", midpoint, label="midpoint of the class means", color="#112233")
+    assert registry.METHODS == ("mean", "info", "bayes", "universal", "midpoint")
+    cal = calibrate([1.0, 2.0, 3.0, 3.0, 5.0], [True, True, True, False, False])
+    # The reference example: mu_c 2, mu_i 4 -> 3; the statistics are those of calibrate
+    assert cal.taus["midpoint"] == 3.0 and cal.thresholds()["midpoint"] == 3.0
+    (s,) = seen
+    assert (s.mu_c, s.mu_i, s.n_c, s.n_i) == (2.0, 4.0, 3, 2)
+    assert s.sigma_c == pytest.approx(1.0) and s.sigma_i == pytest.approx(math.sqrt(2))
+    assert s.d == pytest.approx(SQRT3) and s.s_p == pytest.approx(math.sqrt(4 / 3)) and s.pi_c == 0.6
+    # The built-ins are unchanged.
+    assert (cal.tau_mean, cal.tau_bayes) == (2.0, pytest.approx(3.3178539, abs=1e-7))
+    assert "midpoint" not in cal.reconstructed
+    # The documented fallbacks cover a registered method too (it is not called).
+    assert calibrate([1.0, 2.0, 3.0], [True, True, True]).taus["midpoint"] == 2.0
+    assert calibrate([1.0, 2.0], [False, False]).taus["midpoint"] == -math.inf
+    assert len(seen) == 1
+    registry.unregister_threshold("midpoint")
+    assert registry.METHODS == METHODS
+    assert "midpoint" not in calibrate([1.0, 2.0, 3.0, 3.0, 5.0], [True, True, True, False, False]).thresholds()
+
+
+def test_replacing_the_reconstruction_with_a_published_formula(registry):
+    # Say the paper publishes tau_universal = mu_c * (2 - sigma_c / mu_c) = 2 mu_c - sigma_c (made up here).
+    registry.register_threshold("universal", lambda s: (2 * s.mu_c - s.sigma_c, None), label="scale-invariant (paper)",
+                                replace=True)
+    assert registry.METHODS == METHODS  # keeps its place
+    cal = calibrate([1.0, 2.0, 3.0, 3.0, 5.0], [True, True, True, False, False])
+    assert cal.tau_universal == pytest.approx(3.0) and cal.reconstructed == {}
+    assert cal.tau_info == pytest.approx(3.0050525, abs=1e-7)
+
+
+def test_a_nan_threshold_falls_back_and_says_so(registry):
+    registry.register_threshold("broken", lambda s: math.nan)
+    cal = calibrate([1.0, 2.0, 3.0, 3.0, 5.0], [True, True, True, False, False])
+    assert cal.taus["broken"] == 2.0 and "NaN" in cal.fallbacks["broken"]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    (("Bad-Name", lambda s: 0.0), {}, ValueError, "must match"),
+    (("run", lambda s: 0.0), {}, ValueError, "must match"),
+    (("info", lambda s: 0.0), {}, ValueError, "already registered"),
+    (("mean", lambda s: 0.0), {"replace": True}, ValueError, "cannot be replaced"),
+    (("x", 3.0), {}, TypeError, "callable"),
+    (("x", lambda s: 0.0), {"color": "red"}, ValueError, "#rrggbb"),
+])
+def test_register_threshold_rejects_bad_input(registry, args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        registry.register_threshold(*args, **kwargs)
+    with pytest.raises(ValueError, match="cannot be removed"):
+        registry.unregister_threshold("mean")
+    with pytest.raises(KeyError, match="no threshold method 'nope'"):
+        registry.unregister_threshold("nope")

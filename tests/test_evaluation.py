@@ -17,29 +17,40 @@ from scipy import stats
 from tje_hf.analysis.calibration import Calibration, calibrate
 from tje_hf.analysis.evaluation import (
     IN_SAMPLE_NOTE,
+    MIN_CLASS_N,
     BudgetCurves,
     FewShotSize,
     GateResult,
+    GateRunEvaluation,
     Oracle,
     RunEvaluation,
     Separation,
+    StepSummary,
     auroc,
     auroc_ci,
     budget_curves,
     budget_point,
+    compare_gate_to_all,
     default_budgets,
+    evaluate_gate_run,
     evaluate_run,
     few_shot,
     few_shot_sizes,
     gate,
+    gate_decisions,
+    gate_settings,
     gated_schedule,
     oracle,
+    paired_bootstrap,
     persistence,
+    run_policy,
     run_table,
     separation,
+    step_summaries,
     tau_sweep,
     topk_ablation,
     uniform_schedule,
+    uniform_spend_point,
 )
 from tje_hf.records import read_records
 
@@ -91,10 +102,32 @@ def hand_records() -> list[dict]:
     return [make_record(j, pid, *row) for j, (pid, row) in enumerate(HAND.items())]
 
 
-def write_run(run_dir: Path, records: list[dict], model: str = "test/model-a", task: str = "arith") -> Path:
+# The hand-built gate run: the same six problems run with policy "gate", tau = 1.5 bits on topk_entropy@20
+# (segment all), N = 3, decode.max_new_tokens = 512. a (0.5), b (1.0), c (1.5) stop after step 1; d, e, f run
+# all three steps (their steps are those of HAND).
+#   final answers: a T(s1) b T(s1) c T(s1) | d T(s3) e T(s3) f F(s3): 5/6; stopped 3/3 right, continued 2/3
+#   calls 3 * 1 + 3 * 3 = 12 of 18 (6 not made); tokens 100 + 200 + 100 + 500 + 300 + 300 = 1500
+#   later steps of the continued problems: six calls of 100 tokens: estimate 6 * 100 = 600; at most 6 * 512 = 3072
+GATE_TAU = 1.5
+GATE_REFINE = {"steps": 3, "policy": "gate", "tau": GATE_TAU, "gate_column": "topk_entropy@20", "gate_segment": "all"}
+
+
+def gate_records() -> list[dict]:
+    recs = hand_records()
+    for r in recs:
+        r["policy"] = "gate"
+        if r["steps"][0]["signals"]["all"]["topk_entropy@20"] <= GATE_TAU:
+            r["steps"] = r["steps"][:1]
+        r["n_steps"] = len(r["steps"])
+    return recs
+
+
+def write_run(run_dir: Path, records: list[dict], model: str = "test/model-a", task: str = "arith",
+              refine: dict | None = None, decode: dict | None = None) -> Path:
     """A run directory as records.RunDir writes it: config.json and records.jsonl, written with json."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": {"name_or_path": model}, "task": {"name": task}, "refine": {"steps": 3, "policy": "all"}}
+    config = {"model": {"name_or_path": model}, "task": {"name": task},
+              "refine": refine or {"steps": 3, "policy": "all"}, **({"decode": decode} if decode else {})}
     (run_dir / "config.json").write_text(json.dumps({"schema": 1, "config_hash": "0123456789abcdef",
                                                      "config": config}, indent=2))
     with open(run_dir / "records.jsonl", "w") as f:
@@ -460,5 +493,165 @@ def _nan_f_records():
 def test_to_json_is_the_old_dict(records, kw):
     new = evaluate_run(records(), **kw).to_json()
     old = _old_evaluate_run(records(), **kw)
-    # Equal as text: the same keys in the same order, the same values, None where NaN or infinite.
+    # Equal as text: the same keys in the same order, the same values, None where NaN or infinite. The one
+    # key added since (per-step accuracy and unparseable answers) comes last.
+    assert list(new) == [*old, "steps"]
+    steps = new.pop("steps")
     assert json.dumps(new, allow_nan=False) == json.dumps(old, allow_nan=False)
+    assert [st["step"] for st in steps] == list(range(1, new["n_steps"] + 1))
+
+
+# --------------------------------------------------------------------------------------------
+# The equal-spend uniform baseline (docs/method.md section 5)
+
+# Q = 6, N = 3. m = min(3, alpha // 6), r = alpha - 6 m leftover calls while m < 3, each one more step for one
+# problem; accuracy and tokens are averaged over every choice of those r problems: weight r/6 on m + 1 steps.
+#   1 step each: 3/6 right, 900 tokens; 2 steps: 3/6, 1450 tokens; 3 steps: 4/6, 2000 tokens
+#   alpha 8:  m 1, r 2: acc 3/6;                          tokens 900 + (2/6) 550 = 1083.33; calls 8
+#   alpha 10: m 1, r 4: acc 3/6;                          tokens 900 + (4/6) 550 = 1266.67; calls 10
+#   alpha 14: m 2, r 2: acc (4/6)(3/6) + (2/6)(4/6) = 5/9;  tokens 1450 + (2/6) 550 = 1633.33; calls 14, n_full 2
+#   alpha 18: m 3: acc 4/6, 2000 tokens, 18 calls;  alpha 25: still 18 calls (no problem can take a 4th step)
+@pytest.mark.parametrize(("alpha", "acc", "calls", "tokens", "n_full"), [
+    (6, 3 / 6, 6, 900, 0), (8, 3 / 6, 8, 900 + 2 / 6 * 550, 0), (10, 3 / 6, 10, 900 + 4 / 6 * 550, 0),
+    (12, 3 / 6, 12, 1450, 0), (14, 5 / 9, 14, 1450 + 2 / 6 * 550, 2), (18, 4 / 6, 18, 2000, 6),
+    (25, 4 / 6, 18, 2000, 6)])
+def test_uniform_spend_by_hand(table, alpha, acc, calls, tokens, n_full):
+    p = uniform_spend_point(table, alpha, beta=300)
+    assert (p.alpha, p.calls, p.n_full) == (alpha, calls, n_full)
+    assert p.accuracy == pytest.approx(acc, abs=1e-12) and p.tokens == pytest.approx(tokens, abs=1e-9)
+
+
+def test_budget_curves_report_both_uniform_baselines_and_their_spend(table):
+    curves = budget_curves(table, {"mid": 1.5})
+    assert [p.calls for p in curves.uniform] == [6, 6, 6, 6, 12, 12, 12, 12, 18]  # equal cap: up to Q - 1 unspent
+    assert [p.calls for p in curves.uniform_spend] == list(curves.budgets)  # equal spend: the whole budget
+    assert [p.calls for p in curves.gated["mid"]] == [6, 8, 9, 10, 12, 12, 12, 12, 12]
+    for p in curves.uniform_spend:
+        assert p.tokens <= p.alpha * curves.beta
+    js = evaluate_run(hand_records(), n_boot=20, n_draws=2).to_json()["budget"]
+    assert [p["calls"] for p in js["uniform_spend"]] == [6, 8, 9, 10, 12, 14, 15, 16, 18]
+    assert js["uniform_spend"][5]["accuracy"] == pytest.approx(5 / 9)
+    with pytest.raises(ValueError, match="alpha=5 calls is below"):
+        uniform_spend_point(table, 5, beta=300)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-step accuracy and unparseable answers; small-n warnings
+
+
+def test_step_summaries_count_unparseable_answers():
+    # step 1: a b c right, f unparseable; steps 2 and 3 as in HAND (no null)
+    steps = step_summaries(hand_records())
+    assert steps == (StepSummary(1, 6, 3, 1, 0.5, 1 / 6, 900), StepSummary(2, 6, 3, 0, 0.5, 0.0, 550),
+                     StepSummary(3, 6, 4, 0, 4 / 6, 0.0, 550))
+    # A gate run: steps 2 and 3 over the three problems that continued (d, e, f)
+    steps = step_summaries(gate_records(), 3)
+    assert [(s.n, s.n_correct, s.n_unparseable, s.tokens) for s in steps] == [(6, 3, 1, 900), (3, 1, 0, 300),
+                                                                              (3, 2, 0, 300)]
+    assert evaluate_run(hand_records(), n_boot=20, n_draws=2).steps[0].unparseable_rate == 1 / 6
+
+
+def test_separation_warns_when_a_class_is_small():
+    assert MIN_CLASS_N == 5
+    sep = separation([0.1, 0.2, 0.3, 0.9, 1.0, 1.1], [True, True, True, False, False, False], n_boot=20)
+    assert sep.warning == "n too small: 3 correct, 3 incorrect (fewer than 5 in a class)"
+    sep = separation(np.r_[np.arange(5.0), np.arange(5.0) + 3], [True] * 5 + [False] * 5, n_boot=20)
+    assert sep.warning is None
+
+
+# --------------------------------------------------------------------------------------------
+# A policy="gate" run (GATE_REFINE above: tau 1.5, N 3; a, b, c stopped after step 1)
+
+GATE_CONFIG = {"refine": GATE_REFINE, "decode": {"max_new_tokens": 512}}
+
+
+def test_gate_settings_and_policy():
+    st = gate_settings(GATE_CONFIG, gate_records())
+    assert (st.policy, st.tau, st.column, st.segment, st.n_steps, st.max_new_tokens) == \
+        ("gate", 1.5, "topk_entropy@20", "all", 3, 512)
+    assert run_policy(GATE_CONFIG, []) == "gate" and run_policy({}, gate_records()) == "gate"
+    assert run_policy({"refine": {"policy": "all"}}, hand_records()) == "all"
+    with pytest.raises(ValueError, match="needs a numeric refine.tau"):
+        gate_settings({"refine": {"policy": "gate"}}, gate_records())
+    values, stopped = gate_decisions(gate_records(), st)
+    assert values.tolist() == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0] and stopped.tolist() == [True] * 3 + [False] * 3
+
+
+def test_evaluate_gate_run_by_hand():
+    res = evaluate_gate_run(gate_records(), GATE_CONFIG, n_boot=50)
+    assert isinstance(res, GateRunEvaluation)
+    assert (res.n_problems, res.n_stopped, res.n_continued, res.n_nan, res.n_inconsistent) == (6, 3, 3, 0, 0)
+    assert res.step1_accuracy == 0.5 and res.stopped_accuracy == 1.0 and res.continued_accuracy == 2 / 3
+    assert res.gated_accuracy == 5 / 6 and res.n_gated_correct == 5
+    assert (res.calls_made, res.calls_all_steps, res.calls_not_made) == (12, 18, 6)
+    assert res.tokens_spent == 1500 and res.tokens_saved_at_most == 6 * 512 and res.tokens_saved_estimate == 600.0
+    assert res.separation.auroc == 1.0 and res.separation.warning is not None
+    assert [s.n for s in res.steps] == [6, 3, 3]
+    js = res.to_json()
+    json.dumps(js, allow_nan=False)
+    assert js["policy"] == "gate" and js["settings"]["tau"] == 1.5 and js["calls_not_made"] == 6
+    # Without decode.max_new_tokens there is no bound; the estimate stays.
+    res = evaluate_gate_run(gate_records(), {"refine": GATE_REFINE}, n_boot=20)
+    assert res.tokens_saved_at_most is None and res.tokens_saved_estimate == 600.0
+
+
+def test_gate_run_decisions_are_the_recorded_ones():
+    recs = gate_records()
+    # d (H1 2.0) recorded as stopped although 2.0 > tau: the run's decision counts, and it is flagged.
+    recs[3]["steps"] = recs[3]["steps"][:1]
+    # f has no step-1 value: the run continued it (NaN never stops) and that is consistent.
+    recs[5]["steps"][0]["signals"]["all"]["topk_entropy@20"] = None
+    res = evaluate_gate_run(recs, GATE_CONFIG, n_boot=20)
+    assert (res.n_stopped, res.n_inconsistent, res.n_nan) == (4, 1, 1)
+    assert res.gated_accuracy == 4 / 6  # a b c T (s1), d F (s1), e T (s3), f F (s3)
+    assert res.calls_not_made == 8
+
+
+def test_evaluate_run_refuses_a_gate_run_with_a_clear_message():
+    with pytest.raises(ValueError, match="3 of 6 problems stopped early .* use evaluate_gate_run"):
+        evaluate_run(gate_records())
+
+
+def test_gate_run_against_the_all_steps_run_by_hand():
+    st = gate_settings(GATE_CONFIG, gate_records())
+    p = compare_gate_to_all(hand_records(), gate_records(), st, n_boot=2000, seed=0)
+    # gate final 5/6 (c right at step 1, wrong at step 3), all-steps final 4/6: +1/6, one discordant pair
+    assert (p.n, p.n_only_all, p.n_only_gate, p.all_steps, p.gate_steps) == (6, 0, 0, 3, 3)
+    assert (p.gate_accuracy, p.all_accuracy, p.diff) == (5 / 6, 4 / 6, pytest.approx(1 / 6))
+    assert (p.n_gate_only_right, p.n_all_only_right) == (1, 0)
+    # The bootstrap difference is (times c is drawn) / 6: 0 with probability (5/6)^6 = 0.33 > 2.5%, and
+    # P(3 or more of 6) = 0.062 > 2.5% > P(4 or more) = 0.0087: the 95% CI is [0, 3/6].
+    assert (p.ci_low, p.ci_high) == (0.0, 0.5)
+    assert (p.calls_gate, p.calls_all, p.tokens_gate, p.tokens_all) == (12, 18, 1500, 2000)
+    # The all-steps run gated offline at tau 1.5: test_gate_by_hand's row (3 stopped, 5/6, savings 0.25)
+    assert p.offline.n_stopped == 3 and p.offline.thresh_acc == 5 / 6 and p.offline.savings == pytest.approx(0.25)
+    assert p.warning is None
+    # Matched by id: a gate run of a subset, the rest counted
+    sub = compare_gate_to_all(hand_records(), gate_records()[:4], st, n_boot=100)
+    assert (sub.n, sub.n_only_all, sub.warning) == (4, 2, "n too small: 4 paired problems (fewer than 5)")
+    with pytest.raises(ValueError, match="no problem id in common"):
+        compare_gate_to_all(hand_records()[:2], gate_records()[2:], st)
+
+
+def test_paired_bootstrap_is_seeded_and_checks_its_input():
+    a, b = np.array([1, 1, 0, 1, 0, 1]), np.array([1, 0, 0, 1, 1, 0])
+    assert paired_bootstrap(a, b, 500, seed=3) == paired_bootstrap(a, b, 500, seed=3)
+    lo, hi = paired_bootstrap(a, b, 500, seed=3)
+    assert lo <= (a - b).mean() <= hi
+    with pytest.raises(ValueError, match="one non-zero length"):
+        paired_bootstrap([], [])
+
+
+def test_registered_threshold_flows_through_the_evaluation(hand_run):
+    from tje_hf.analysis import calibration
+
+    calibration.register_threshold("midpoint", lambda s: (s.mu_c + s.mu_i) / 2)
+    try:
+        res = evaluate_run(hand_run, n_boot=20, n_draws=3)
+    finally:
+        calibration.unregister_threshold("midpoint")
+    # (1 + 2.5) / 2 = 1.75: the gate of tau_bayes (a, b, c stopped)
+    assert list(res.gate) == ["mean", "info", "bayes", "universal", "midpoint"]
+    assert res.gate["midpoint"].tau == 1.75 and res.gate["midpoint"].savings == pytest.approx(0.25)
+    assert list(res.few_shot[0].methods)[-1] == "midpoint" and "midpoint" in res.budget.gated
+    assert res.calibration.reconstructed == {"universal": calibration.UNIVERSAL_NOTE}

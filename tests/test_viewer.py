@@ -110,6 +110,44 @@ def build_run(path: Path, *, with_alternatives: bool = True) -> Path:
     return path
 
 
+GATE_TAU = 1.0
+
+
+def build_gate_run(path: Path, tau: float = GATE_TAU) -> Path:
+    """A policy-gate run (tau 1 bit on topk_entropy@20, N 3) built by hand: the problems whose step-1 mean is at
+    or below tau have one step recorded (g-0 and g-1), the others three."""
+    rng = np.random.default_rng(3)
+    cfg = {"refine": {"steps": 3, "policy": "gate", "tau": tau, "gate_column": SIGNAL, "gate_segment": "all"},
+           "task": {"name": "arith"}, "model": {"name_or_path": "synthetic"}, "decode": {"max_new_tokens": 128}}
+    run = RunDir.open(path, cfg, "cafe0003")
+    plan = [("g-0", [True, True, True], 0.4), ("g-1", [True, False, True], 0.6), ("g-2", [False, False, True], 1.6),
+            ("g-3", [None, True, True], 1.2), ("g-4", [False, True, False], 2.0)]
+    for index, (pid, correct, level) in enumerate(plan):
+        steps = []
+        for k, ok in enumerate(correct):
+            n = int(rng.integers(30, 90))
+            trace = _step_trace(rng, n, level)
+            ref = run.append_trace(trace, COLUMNS)
+            signals, counts = _means(trace)
+            steps.append({"step": k + 1, "seed": k, "text": "", "answer_text": "", "answer": None if ok is None else
+                          str(42 if ok else 41), "correct": ok, "grade_reason": "match" if ok else "mismatch",
+                          "n_generated": n, "prompt_tokens": 10, "prefilled_tokens": 10, "reused_tokens": 0,
+                          "cache": "none", "stop_reason": "eos", "wall_time_s": 0.1, "signals": signals,
+                          "counts": counts, "n_invalid": 0, "trace": ref.to_json()})
+            if k == 0 and signals["all"][SIGNAL] <= tau:
+                break
+        run.append({"schema": 1, "config_hash": "cafe0003", "problem_id": pid, "index": index, "task": "arith",
+                    "gold": "42", "model": "synthetic", "model_revision": "local", "family": "generic",
+                    "prompt_hash": "0" * 16, "policy": "gate", "n_steps": len(steps), "steps": steps,
+                    "finished_at": "2025-01-01T00:00:00Z"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def gate_html(tmp_path_factory) -> Path:
+    return write_viewer(build_gate_run(tmp_path_factory.mktemp("gate") / "run"), decode=decode)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     return build_run(tmp_path_factory.mktemp("viewer") / "run")
@@ -245,6 +283,42 @@ def test_default_thresholds_are_every_calibration_method(run_dir: Path, html_pat
     monkeypatch.setattr("tje_hf.analysis.calibration.METHODS", ("bayes", "mean"))
     index, _ = read_payload(write_viewer(run_dir, tmp_path / "v.html", decode=decode, problems=[]))
     assert [t["name"] for t in index["thresholds"]] == ["bayes", "mean"]
+
+
+def test_threshold_colours_and_labels_come_from_the_analysis_palette(html_path: Path, run_dir: Path, tmp_path: Path):
+    from tje_hf.analysis.calibration import UNIVERSAL_NOTE
+    from tje_hf.analysis.style import EXTRA_COLORS, METHOD_COLORS
+
+    index, _ = read_payload(html_path)
+    # One palette (tje_hf.analysis.style), the one the report's PNGs use; the page has no table of its own.
+    assert index["colors"] == METHOD_COLORS
+    assert "TAU_COLORS" not in asset("viewer.js") and "#8250df" not in asset("viewer.js")
+    assert index["threshold_kind"] == "in-sample" and index["gate_run"] is None
+    assert index["labels"]["universal"] == "tau_universal (scale-invariant)"
+    assert index["reconstructed"] == {"universal": UNIVERSAL_NOTE}
+    index, _ = read_payload(write_viewer(run_dir, tmp_path / "v.html", thresholds={"bayes": 1.0, "mine": 0.5},
+                                         decode=decode, problems=[]))
+    assert index["colors"] == {"bayes": METHOD_COLORS["bayes"], "mine": EXTRA_COLORS[0]}
+    assert index["threshold_kind"] == "given"
+
+
+def test_gate_run_shows_the_tau_it_used_and_its_own_decisions(gate_html: Path):
+    from tje_hf.analysis.style import RUN_TAU_COLOR
+
+    index, problems = read_payload(gate_html)
+    records = read_records(gate_html.parent)
+    # Never re-calibrated on itself: one threshold, the run's, from config.json.
+    assert [t["name"] for t in index["thresholds"]] == ["run"] and index["thresholds"][0]["tau"] == GATE_TAU
+    assert "config.json refine.tau" in index["thresholds"][0]["note"] and index["threshold_kind"] == "run"
+    assert index["gate_run"] == {"tau": GATE_TAU, "column": SIGNAL, "segment": "all", "unit": "bits", "n_steps": 3,
+                                 "negated": False, "n_stopped": 2, "policy": "gate"}
+    assert index["colors"] == {"run": RUN_TAU_COLOR}
+    for p, rec in zip(index["problems"], records, strict=True):
+        h1 = rec["steps"][0]["signals"]["all"][SIGNAL]
+        assert p["gate"]["stopped"] == (len(rec["steps"]) == 1)
+        assert p["gate"]["stopped"] == (h1 <= GATE_TAU) and p["gate"]["u"] == pytest.approx(h1)
+    assert [p["id"] for p in index["problems"] if p["gate"]["stopped"]] == ["g-0", "g-1"]
+    assert len(problems[0]["steps"]) == 1 and len(problems[2]["steps"]) == 3
 
 
 def _outside_payload(text: str) -> str:
@@ -513,3 +587,40 @@ def test_crafted_run_cannot_inject_markup(driver, crafted_run: Path, tmp_path: P
         assert xss("token") in driver.execute_script("return document.getElementById('tje-tip').textContent") \
             or xss("token") in driver.execute_script("return document.getElementById('main').textContent")
         _assert_nothing_injected(driver, f"tooltips of {p['id']!r}")
+
+
+@pytest.mark.browser
+def test_index_threshold_table_uses_the_palette_and_labels_the_reconstruction(driver, html_path: Path):
+    from selenium.webdriver.common.by import By
+
+    from tje_hf.analysis.style import METHOD_COLORS
+
+    _open(driver, html_path)
+    assert driver.find_element(By.CSS_SELECTOR, "#taus caption").text == "thresholds calibrated in-sample on this run"
+    for name, colour in METHOD_COLORS.items():
+        sw = driver.find_element(By.CSS_SELECTOR, f'#taus tr[data-name="{name}"] .sw')
+        assert _rgb(sw.value_of_css_property("background-color")) == tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    row = driver.find_element(By.CSS_SELECTOR, '#taus tr[data-name="universal"]')
+    assert row.find_element(By.CSS_SELECTOR, ".recon").text == "reconstruction"
+    assert "does not publish its formula" in row.text
+    assert not driver.find_elements(By.CSS_SELECTOR, '#taus tr[data-name="bayes"] .recon')
+
+
+@pytest.mark.browser
+def test_gate_run_page_shows_the_runs_decisions(driver, gate_html: Path):
+    from selenium.webdriver.common.by import By
+
+    _open(driver, gate_html)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#taus tbody tr")
+    assert len(rows) == 1 and "the run's tau" in rows[0].text and "1.000 bits" in rows[0].text
+    assert "2 of 5 (the run's decisions)" in rows[0].text
+    cells = [r.find_element(By.CSS_SELECTOR, "td:nth-child(5)").text for r in driver.find_elements(By.CSS_SELECTOR,
+                                                                                                   "#idx tbody tr")]
+    assert cells == ["stopped after step 1"] * 2 + ["ran all 3 steps"] * 3
+    _open(driver, gate_html, "g-1")
+    gate_row = driver.find_element(By.CSS_SELECTOR, "table.gate tbody tr.run")
+    assert "stopped after step 1 (the run's decision)" in gate_row.text and "(step 1)" in gate_row.text
+    assert len(driver.find_elements(By.CSS_SELECTOR, "section.step")) == 1
+    _open(driver, gate_html, "g-2")
+    gate_row = driver.find_element(By.CSS_SELECTOR, "table.gate tbody tr.run")
+    assert "ran all 3 steps (the run's decision)" in gate_row.text and "(step 3)" in gate_row.text

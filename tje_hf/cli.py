@@ -6,7 +6,7 @@
     tje report RUN_DIR                        calibration, early-stopping evaluation, plots
     tje compare RUN_DIR RUN_DIR ... --out D   several models' calibration side by side
     tje view RUN_DIR                          the token-level trace viewer (one HTML file)
-    tje calibrate RUN_DIR                     the four thresholds as JSON
+    tje calibrate RUN_DIR                     the thresholds as JSON (reconstructions named)
     tje merge RUN_DIR                         join the shards of a data-parallel run
 """
 
@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     signal_args(p)
     p.set_defaults(func=cmd_report)
 
-    p = command("compare", "compare several runs' calibration (which model knows when it knows)")
+    p = command("compare", "compare several runs' calibration (which model knows when it knows); "
+                           "a gate run against an all-steps run of the same problems")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="output directory")
     signal_args(p)
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal", default=DEFAULT_COLUMN, help=f"the signal that colours tokens (default {DEFAULT_COLUMN})")
     p.set_defaults(func=cmd_view)
 
-    p = command("calibrate", "print the four thresholds computed from a run's step-1 records")
+    p = command("calibrate", "print the thresholds computed from a run's step-1 records "
+                             "(tau_universal is a reconstruction: see \"reconstructed\")")
     p.add_argument("run_dir")
     p.add_argument("--step", type=int, default=1)
     signal_args(p)

@@ -1,8 +1,10 @@
 """Threshold calibration for the entropy gate (docs/method.md section 3): pure numpy, in memory.
 
-What lives here: the four threshold methods (:func:`calibrate`), the Bayes boundary
-(:func:`bayes_threshold`), Cohen's d (:func:`cohens_d`), and the reading of one step's signal out of
-records (:func:`step_values`, :func:`calibrate_records`). What does not: evaluation of a gate on a
+What lives here: the threshold methods (:func:`calibrate`) and their registry
+(:func:`register_threshold`, :data:`METHODS`: the four built-ins, and any a user adds, e.g. the
+paper's scale-invariant formula once it is published), the Bayes boundary (:func:`bayes_threshold`),
+Cohen's d (:func:`cohens_d`), and the reading of one step's signal out of records
+(:func:`step_values`, :func:`calibrate_records`). What does not: evaluation of a gate on a
 problem set (``evaluation.py``), plots and files (``report.py``), reading the run directory
 (``records.py``). Nothing here imports torch or touches the disk (importing it through the
 ``tje_hf`` package still runs the package ``__init__``, which imports torch).
@@ -26,6 +28,10 @@ The thresholds (``d`` enters only as ``|d|``):
 ``tau_bayes``      the root of ``a tau^2 + b tau + c = 0`` (see :func:`bayes_threshold`)
 ``tau_universal``  ``mu_c + sqrt|d| / (1 + sqrt|d|) * (mu_i - mu_c) * max(0, 1 - sigma_c / mu_c)``
 =================  ===========================================================================
+
+``tau_universal`` is a **reconstruction**: the paper does not publish its formula, only the clamp
+``max(0, 1 - sigma_c / mu_c)`` is attested (docs/method.md section 3.4). It is registered with
+``reconstruction=True``; :attr:`Calibration.reconstructed` and every report say so.
 
 How the thresholds transform with the signal's unit. Write ``tau(H)`` for a threshold computed
 from values ``H``. Under a positive rescaling ``H -> s H`` (``s > 0``; bits -> nats is
@@ -76,14 +82,20 @@ Fallbacks (each one is named in :attr:`Calibration.fallbacks`, key = method or `
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..columns import DEFAULT_COLUMN, HIGHER_IS_UNCERTAIN, signal_of
 
-METHODS = ("mean", "info", "bayes", "universal")
-"""The threshold methods, in docs/method.md's order; ``Calibration.tau_<method>`` holds each."""
+METHODS: tuple[str, ...] = ()
+"""The registered threshold methods, in registration order (the built-ins in docs/method.md's order:
+``mean``, ``info``, ``bayes``, ``universal``). :func:`register_threshold` and
+:func:`unregister_threshold` rebind it, so read it as ``calibration.METHODS`` at the time of use
+(``from .calibration import METHODS`` keeps the tuple of import time). ``Calibration.tau_<method>``
+holds each built-in; ``Calibration.taus`` every method."""
 
 
 # |a| below this fraction of max(1/(2 sigma_c^2), 1/(2 sigma_i^2)) counts as zero (equal variances).
@@ -102,6 +114,11 @@ class Calibration:
     ``fallbacks`` maps a method (or ``"cohens_d"``) to the reason a documented fallback was used;
     it is empty when every formula applied as written. ``n_excluded`` counts examples left out
     because their value was not finite (only :func:`calibrate_records` sets it).
+
+    ``taus`` holds the threshold of every method registered when it was computed (the built-ins
+    and any added with :func:`register_threshold`), in :data:`METHODS` order. ``reconstructed``
+    maps each method whose formula is ours rather than the paper's (``universal`` by default:
+    docs/method.md section 3.4) to the note that says so; every report names them.
     """
 
     mu_c: float
@@ -117,19 +134,26 @@ class Calibration:
     tau_universal: float
     fallbacks: dict[str, str] = field(default_factory=dict)
     n_excluded: int = 0
+    taus: dict[str, float] = field(default_factory=dict)
+    reconstructed: dict[str, str] = field(default_factory=dict)
 
     def thresholds(self) -> dict[str, float]:
-        """``{method: tau}`` for the methods of :data:`METHODS`."""
-        return {m: getattr(self, f"tau_{m}") for m in METHODS}
+        """``{method: tau}`` for the methods of :data:`METHODS` (as it is now) that were computed."""
+        if self.taus:
+            return {m: self.taus[m] for m in METHODS if m in self.taus}
+        return {m: getattr(self, f"tau_{m}") for m in METHODS if m in _BUILTIN}
 
     def to_json(self) -> dict:
-        """A JSON-ready dict; NaN and infinities become ``None``."""
+        """A JSON-ready dict; NaN and infinities become ``None``. ``thresholds``: every method's tau
+        (extensions included); ``reconstructed``: ``{method: note}`` for the reconstructions."""
         out: dict = {}
         for name in ("mu_c", "sigma_c", "mu_i", "sigma_i", "n_c", "n_i", "cohens_d", "tau_mean", "tau_info",
                      "tau_bayes", "tau_universal", "n_excluded"):
             value = getattr(self, name)
             out[name] = value if isinstance(value, int) else _finite_or_none(value)
         out["fallbacks"] = dict(self.fallbacks)
+        out["thresholds"] = {m: _finite_or_none(t) for m, t in self.thresholds().items()}
+        out["reconstructed"] = dict(self.reconstructed)
         return out
 
 
@@ -232,7 +256,10 @@ def bayes_threshold(mu_c: float, sigma_c: float, mu_i: float, sigma_i: float, pi
 
 
 def calibrate(entropies, correct) -> Calibration:
-    """The four thresholds of docs/method.md section 3 from step-1 values with known correctness.
+    """The thresholds of docs/method.md section 3 from step-1 values with known correctness.
+
+    Every method of the registry (:data:`METHODS`: the four built-ins, and any added with
+    :func:`register_threshold`) is computed from the same :class:`ClassStats`.
 
     Args:
         entropies: ``(n,)`` finite floats, the step-1 signal (higher = more uncertain; negate a
@@ -249,33 +276,34 @@ def calibrate(entropies, correct) -> Calibration:
     h, ok = _examples(entropies, correct)
     hc, hi = h[ok], h[~ok]
     n_c, n_i = len(hc), len(hi)
-    mu_c = _mean(hc) if n_c else math.nan
-    mu_i = _mean(hi) if n_i else math.nan
-    sigma_c, sigma_i = _sd(hc), _sd(hi)
-    s_p = pooled_sd(hc, hi)
-    d = cohens_d(hc, hi)
-
-    degenerate = _degenerate(mu_c, n_c, n_i, d)
+    stats = ClassStats(mu_c=_mean(hc) if n_c else math.nan, sigma_c=_sd(hc), mu_i=_mean(hi) if n_i else math.nan,
+                       sigma_i=_sd(hi), n_c=n_c, n_i=n_i, d=cohens_d(hc, hi), s_p=pooled_sd(hc, hi))
+    methods = threshold_methods()
+    degenerate = _degenerate(stats, [m.name for m in methods])
     if degenerate is not None:
         tau, fallbacks = degenerate
-        return Calibration(mu_c, sigma_c, mu_i, sigma_i, n_c, n_i, d, tau, tau, tau, tau, fallbacks)
+        taus = {m.name: tau for m in methods}
+    else:
+        # From here both classes are non-empty and s_p > 0.
+        taus, fallbacks = {}, {}
+        for m in methods:
+            taus[m.name], why = _apply(m, stats)
+            if why is not None:
+                fallbacks[m.name] = why
+    return Calibration(stats.mu_c, stats.sigma_c, stats.mu_i, stats.sigma_i, n_c, n_i, stats.d,
+                       *(float(taus.get(m, math.nan)) for m in _BUILTIN), fallbacks,
+                       taus={k: float(v) for k, v in taus.items()},
+                       reconstructed={m.name: m.note for m in methods if m.reconstruction})
 
-    # From here both classes are non-empty and s_p > 0.
-    fallbacks: dict[str, str] = {}
-    sc = sigma_c
-    if n_c == 1:
-        sc = s_p
-        note = f"one correct example: sigma_c undefined (ddof=1), used pooled sd s_p = {s_p:.6g}"
-        fallbacks["info"] = fallbacks["universal"] = note
-    tau_info = mu_c + sc * math.log1p(abs(d))
-    tau_universal, why = _tau_universal(mu_c, mu_i, sc, d)
-    if why is not None:
-        fallbacks["universal"] = why
-    tau_bayes, why = _tau_bayes(mu_c, sigma_c, mu_i, sigma_i, n_c, n_i, s_p)
-    if why is not None:
-        fallbacks["bayes"] = why
-    return Calibration(mu_c, sigma_c, mu_i, sigma_i, n_c, n_i, d, float(mu_c), float(tau_info), float(tau_bayes),
-                       float(tau_universal), fallbacks)
+
+def _apply(method: ThresholdMethod, stats: ClassStats) -> tuple[float, str | None]:
+    """``(tau, why it fell back or None)`` of one method; a NaN tau falls back to ``tau_mean``."""
+    out = method.fn(stats)
+    tau, why = out if isinstance(out, tuple) else (out, None)
+    tau = float(tau)
+    if math.isnan(tau):
+        return stats.mu_c, f"tau_{method.name} is NaN for these statistics: used tau_mean"
+    return tau, why
 
 
 def _examples(entropies, correct) -> tuple[np.ndarray, np.ndarray]:
@@ -297,19 +325,20 @@ def _examples(entropies, correct) -> tuple[np.ndarray, np.ndarray]:
     return h, ok
 
 
-def _degenerate(mu_c: float, n_c: int, n_i: int, d: float) -> tuple[float, dict[str, str]] | None:
+def _degenerate(stats: ClassStats, names: list[str]) -> tuple[float, dict[str, str]] | None:
     """The one threshold every method falls back to, with the fallbacks, when a class is empty or ``d``
     is undefined (the module docstring lists them); None when the formulas apply."""
+    n_c, n_i, others = stats.n_c, stats.n_i, [m for m in names if m != "mean"]
     if n_c == 0:
-        return -math.inf, dict.fromkeys(METHODS, "no correct examples: mu_c undefined; tau = -inf (never stop)")
+        return -math.inf, dict.fromkeys(names, "no correct examples: mu_c undefined; tau = -inf (never stop)")
     if n_i == 0:
-        return float(mu_c), {**dict.fromkeys(METHODS[1:], "no incorrect examples: used tau_mean"),
-                             "cohens_d": "no incorrect examples: d undefined"}
-    if math.isnan(d):
+        return float(stats.mu_c), {**dict.fromkeys(others, "no incorrect examples: used tau_mean"),
+                                   "cohens_d": "no incorrect examples: d undefined"}
+    if math.isnan(stats.d):
         why = (f"n_c + n_i = {n_c + n_i} < 3" if n_c + n_i < 3
                else "pooled sd is 0 (every value within each class is equal)")
-        return float(mu_c), {"cohens_d": f"{why}: d undefined",
-                             **dict.fromkeys(METHODS[1:], f"{why}: d undefined, used tau_mean")}
+        return float(stats.mu_c), {"cohens_d": f"{why}: d undefined",
+                                   **dict.fromkeys(others, f"{why}: d undefined, used tau_mean")}
     return None
 
 
@@ -340,6 +369,167 @@ def _tau_bayes(mu_c: float, sigma_c: float, mu_i: float, sigma_i: float, n_c: in
     if why is not None:
         reasons.append(why)
     return tau, "; ".join(reasons) or None
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of threshold methods
+
+_BUILTIN = ("mean", "info", "bayes", "universal")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+# "run" names a gate run's own tau in the reports and the viewer (tje_hf.analysis.style.RUN_TAU_NAME).
+_RESERVED = frozenset({"run"})
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """What a threshold method is given: the step-1 statistics of the calibration set (section 3).
+
+    ``mu_c, sigma_c`` (``mu_i, sigma_i``): mean and sample sd (``ddof=1``) of the correct
+    (incorrect) examples, the sd NaN for a class of one; ``n_c``, ``n_i``: class sizes; ``d``:
+    Cohen's d; ``s_p``: the pooled sd. A method is only called when both classes are non-empty and
+    ``d`` is defined (so ``s_p > 0``); otherwise the documented fallbacks apply to every method.
+    """
+
+    mu_c: float
+    sigma_c: float
+    mu_i: float
+    sigma_i: float
+    n_c: int
+    n_i: int
+    d: float
+    s_p: float
+
+    @property
+    def pi_c(self) -> float:
+        """The prior of the correct class, ``n_c / (n_c + n_i)``."""
+        return self.n_c / (self.n_c + self.n_i)
+
+
+ThresholdFn = Callable[[ClassStats], "float | tuple[float, str | None]"]
+
+
+@dataclass(frozen=True)
+class ThresholdMethod:
+    """One registered method: ``fn(stats) -> tau`` (or ``(tau, why)``, ``why`` naming a fallback it
+    took, None when it took none), the label the reports print, whether its formula is a
+    ``reconstruction`` (ours, not the paper's) with the ``note`` that says why, and an optional
+    ``color`` (``#rrggbb``) for plots and the viewer (default: ``tje_hf.analysis.style``)."""
+
+    name: str
+    fn: ThresholdFn
+    label: str
+    reconstruction: bool = False
+    note: str = ""
+    color: str | None = None
+
+
+_REGISTRY: dict[str, ThresholdMethod] = {}
+
+
+def register_threshold(name: str, fn: ThresholdFn, *, label: str | None = None, reconstruction: bool = False,
+                       note: str = "", color: str | None = None, replace: bool = False) -> ThresholdMethod:
+    """Add a threshold method; every consumer (calibration, evaluation, report, compare, viewer) follows.
+
+    Args:
+        name: lower-case identifier; the tau is ``Calibration.taus[name]`` and the reports call it
+            ``tau_<name>``.
+        fn: ``fn(stats: ClassStats) -> tau`` or ``(tau, why)``. Called only when both classes are
+            present and Cohen's d is defined (the documented fallbacks cover the rest); a NaN tau
+            falls back to ``tau_mean`` and is reported.
+        label: a short name for the tables (default: ``name``).
+        reconstruction: True when the formula stands in for one the paper does not publish; the
+            reports mark it and print ``note``.
+        note: why it is a reconstruction, or any caveat the reports should print.
+        color: ``#rrggbb`` for plots and the viewer.
+        replace: allow replacing a registered method (it keeps its position); ``mean`` is the
+            fallback of every other method and cannot be replaced.
+
+    Example: the paper's scale-invariant formula, once published, beside the reconstruction::
+
+        >>> def paper_universal(s):
+        ...     return s.mu_c * (1 + max(0.0, 1 - s.sigma_c / s.mu_c))   # hypothetical formula
+        >>> _ = register_threshold("universal_paper", paper_universal, label="scale-invariant (paper)")
+        >>> cal = calibrate([1.0, 2.0, 3.0, 3.0, 5.0], [True, True, True, False, False])
+        >>> cal.taus["universal_paper"], round(cal.tau_universal, 4)      # mu_c = 2, sigma_c = 1
+        (3.0, 2.5682)
+        >>> _ = unregister_threshold("universal_paper")
+    """
+    global METHODS
+    if not isinstance(name, str) or not _NAME.match(name) or name in _RESERVED:
+        raise ValueError(f"threshold name must match [a-z][a-z0-9_]* and not be one of {sorted(_RESERVED)}, "
+                         f"got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"threshold {name!r}: fn must be callable, got {type(fn).__name__}")
+    if color is not None and not (isinstance(color, str) and _HEX.match(color)):
+        raise ValueError(f"threshold {name!r}: color must be '#rrggbb', got {color!r}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"threshold {name!r} is already registered (pass replace=True to replace it)")
+    if name == "mean" and "mean" in _REGISTRY:
+        raise ValueError("tau_mean is the fallback of every other method and cannot be replaced")
+    method = ThresholdMethod(name, fn, label or name, bool(reconstruction), note, color)
+    _REGISTRY[name] = method
+    METHODS = tuple(_REGISTRY)
+    return method
+
+
+def unregister_threshold(name: str) -> ThresholdMethod:
+    """Remove a method (``mean`` cannot be removed); returns it, so it can be registered again."""
+    global METHODS
+    if name == "mean":
+        raise ValueError("tau_mean is the fallback of every other method and cannot be removed")
+    if name not in _REGISTRY:
+        raise KeyError(f"no threshold method {name!r}; registered: {list(_REGISTRY)}")
+    method = _REGISTRY.pop(name)
+    METHODS = tuple(_REGISTRY)
+    return method
+
+
+def threshold_methods() -> tuple[ThresholdMethod, ...]:
+    """The registered methods in :data:`METHODS` order (a name in METHODS but not registered is skipped)."""
+    return tuple(_REGISTRY[m] for m in METHODS if m in _REGISTRY)
+
+
+def threshold_method(name: str) -> ThresholdMethod | None:
+    """The registered method ``name``, None if there is none."""
+    return _REGISTRY.get(name)
+
+
+def _sigma_c(s: ClassStats) -> tuple[float, str | None]:
+    """``sigma_c``, or the pooled sd with a note when there is one correct example (``ddof=1``)."""
+    if s.n_c == 1:
+        return s.s_p, f"one correct example: sigma_c undefined (ddof=1), used pooled sd s_p = {s.s_p:.6g}"
+    return s.sigma_c, None
+
+
+def _builtin_mean(s: ClassStats) -> float:
+    return s.mu_c
+
+
+def _builtin_info(s: ClassStats) -> tuple[float, str | None]:
+    sc, why = _sigma_c(s)
+    return s.mu_c + sc * math.log1p(abs(s.d)), why
+
+
+def _builtin_bayes(s: ClassStats) -> tuple[float, str | None]:
+    return _tau_bayes(s.mu_c, s.sigma_c, s.mu_i, s.sigma_i, s.n_c, s.n_i, s.s_p)
+
+
+def _builtin_universal(s: ClassStats) -> tuple[float, str | None]:
+    sc, note = _sigma_c(s)
+    tau, why = _tau_universal(s.mu_c, s.mu_i, sc, s.d)
+    return tau, why or note
+
+
+UNIVERSAL_NOTE = ("the paper names a scale-invariant threshold but does not publish its formula; "
+                  "only the clamp max(0, 1 - sigma_c / mu_c) is attested. The weight sqrt|d| / (1 + sqrt|d|) and "
+                  "the move from mu_c towards mu_i are ours (docs/method.md section 3.4)")
+
+register_threshold("mean", _builtin_mean, label="entropy mean")
+register_threshold("info", _builtin_info, label="information-theoretic")
+register_threshold("bayes", _builtin_bayes, label="Bayes optimal",
+                   note="Gaussian class model and priors from the calibration set: our derivation (docs/method.md 3.2)")
+register_threshold("universal", _builtin_universal, label="scale-invariant", reconstruction=True, note=UNIVERSAL_NOTE)
 
 
 # --------------------------------------------------------------------------------------------

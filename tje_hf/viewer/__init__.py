@@ -61,7 +61,10 @@ def write_viewer(run_dir: str | Path, out_path: str | Path | None = None, signal
         thresholds: ``{name: tau}`` in bits; None computes the thresholds of every method of
             :data:`tje_hf.analysis.calibration.METHODS` (docs/method.md section 3) with
             :func:`tje_hf.analysis.calibration.calibrate_records` on every problem's step 1 (in-sample:
-            shown for inspection, not an evaluation).
+            shown for inspection, not an evaluation, and labelled so). A ``policy: gate`` run is
+            shown with the tau it used (its config.json) and each problem's actual decision, never
+            re-calibrated on itself; given thresholds follow the run's. Colours: the palette of
+            :mod:`tje_hf.analysis.style`, the one the report's plots use.
         decode: ``token_id -> text``; None uses the run's tokenizer when ``environment.json`` names a
             local ``model_source`` directory, else shows ids as ``⟨id⟩``. The model is never loaded.
         problems: embed the tokens of these problem ids only (the index still lists every problem);

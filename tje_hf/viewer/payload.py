@@ -2,8 +2,10 @@
 
 Reads the records and the per-token trace sidecar of a run through :mod:`tje_hf.records` (never
 parsing files here), decodes token ids to text (the run's tokenizer, or ``⟨id⟩``), takes the
-thresholds from :mod:`tje_hf.analysis.calibration` (computed there, in-sample, only displayed here), and
-defines the colour scale (:data:`COLOR_STOPS`, :func:`entropy_color`) that ``static/viewer.js``
+thresholds from :mod:`tje_hf.analysis.calibration` (computed there, in-sample, only displayed here)
+or, for a ``policy: gate`` run, the tau the run used (its config.json) with each problem's actual
+decision, puts the thresholds' colours (:func:`tje_hf.analysis.style.palette`, the colours of the
+report's plots) and labels into the payload, and defines the colour scale (:data:`COLOR_STOPS`, :func:`entropy_color`) that ``static/viewer.js``
 evaluates identically, so that tests can compute a token's expected colour in Python.
 
 Nothing from a run is trusted to have its documented JSON type: values are copied into the payload
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..columns import DEFAULT_COLUMN
+from ..analysis.style import RUN_TAU_NAME
+from ..columns import DEFAULT_COLUMN, higher_is_uncertain, unit_of
 from ..records import CONFIG, load_config, load_environment, read_records, read_trace
 
 log = logging.getLogger(__name__)
@@ -171,6 +174,60 @@ def _thresholds(records: list[dict], signal: str, thresholds: Mapping[str, float
     return taus, note
 
 
+def _gate_run(records: list[dict], cfg: dict) -> tuple[dict | None, list[dict | None]]:
+    """``(gate_run, per-problem gate)`` of a ``policy: gate`` run, ``(None, [None] * Q)`` otherwise.
+
+    ``gate_run``: the tau, column, segment and N the run used (its config.json), the unit, whether the
+    column is a confidence (then the threshold is on its negation), and how many problems it stopped.
+    Per problem: the step-1 gate value as recorded (``value``), oriented higher = more uncertain
+    (``u``), and the run's own decision (``stopped``: only step 1 recorded while N > 1).
+    """
+    from ..analysis.evaluation import gate_settings, run_policy
+
+    if run_policy(cfg, records) != "gate":
+        return None, [None] * len(records)
+    try:
+        st = gate_settings(cfg, records)
+        unit, up = unit_of(st.column), higher_is_uncertain(st.column)
+    except ValueError as exc:
+        log.warning("viewer: a policy='gate' run without a usable threshold: %s", exc)
+        return None, [None] * len(records)
+    rows = []
+    for rec in records:
+        steps = rec.get("steps") or []
+        value = _step_mean(steps[0], st.segment, st.column) if steps else None
+        rows.append({"value": value, "u": None if value is None else (value if up else -value),
+                     "stopped": len(steps) == 1 and st.n_steps > 1})
+    info = {"tau": _num(st.tau), "column": st.column, "segment": st.segment, "unit": unit, "n_steps": st.n_steps,
+            "negated": not up, "n_stopped": sum(r["stopped"] for r in rows), "policy": "gate"}
+    return info, rows
+
+
+def _run_threshold(gate_run: dict) -> dict:
+    """The threshold row of the tau a gate run used."""
+    neg = " (a confidence: the threshold is on its negation)" if gate_run["negated"] else ""
+    return {"name": RUN_TAU_NAME, "tau": gate_run["tau"],
+            "note": f"used by the run: config.json refine.tau on the step-1 mean {gate_run['column']} "
+                    f"({gate_run['unit']}{neg}), segment {gate_run['segment']}"}
+
+
+def _threshold_style(taus: list[dict]) -> dict:
+    """The palette (``tje_hf.analysis.style``: the colours of the report's plots) and the labels of the
+    thresholds shown; ``reconstructed``: ``{name: note}`` for the reconstructed methods."""
+    from ..analysis.calibration import threshold_method
+    from ..analysis.style import method_title, palette
+
+    names = [t["name"] for t in taus]
+    recon = {}
+    for n in names:
+        m = threshold_method(n)
+        if m is not None and m.reconstruction:
+            recon[n] = m.note
+    # The page marks a reconstruction with a badge of its own, so the label does not repeat it.
+    labels = {n: ("the run's tau" if n == RUN_TAU_NAME else method_title(n, mark_reconstruction=False)) for n in names}
+    return {"colors": palette(names), "labels": labels, "reconstructed": recon}
+
+
 def _step_payload(run_dir: Path, step: dict, signal: str, decode: Callable[[int], str], vocab: dict,
                   max_alt: int | None) -> dict:
     """The per-token data of one step: ids, entropies (3 decimals), segments, alternatives."""
@@ -244,11 +301,22 @@ def build_payload(run_dir: str | Path, signal: str = DEFAULT_SIGNAL,
     decode_fn = own_decode or _id_text
     wanted = None if problems is None else {str(p) for p in problems}
 
-    taus, tau_note = _thresholds(records, signal, thresholds)
+    gate_run, gate_rows = _gate_run(records, cfg if isinstance(cfg, dict) else {})
+    if gate_run is not None:
+        # A gate run is shown with the tau it used and its own decisions, never re-calibrated on itself.
+        given, _ = _thresholds(records, signal, thresholds) if thresholds is not None else ([], "")
+        taus, kind = [_run_threshold(gate_run)] + given, "run"
+        tau_note = (f"the threshold this run used (config.json refine.tau) on the step-1 mean {gate_run['column']} "
+                    f"over segment {gate_run['segment']}; every decision shown is the run's own"
+                    + ("; the others are given by the caller" if given else ""))
+    else:
+        taus, tau_note = _thresholds(records, signal, thresholds)
+        kind = "given" if thresholds is not None else "in-sample"
     index_rows, per_problem = [], []
     observed_max = 0.0
-    for rec in records:
+    for rec, gate_row in zip(records, gate_rows, strict=True):
         row = _index_row(rec, signal)
+        row["gate"] = gate_row
         pid, steps = row["id"], rec.get("steps", [])
         embed = wanted is None or pid in wanted
         row["embedded"] = embed
@@ -275,7 +343,8 @@ def build_payload(run_dir: str | Path, signal: str = DEFAULT_SIGNAL,
         "n_steps_config": refine.get("steps"),
         "signal": signal, "label": label, "unit": "bits",
         "scale": {"max": h_max, "stops": [list(c) for c in COLOR_STOPS]},
-        "thresholds": taus, "threshold_note": tau_note,
+        "thresholds": taus, "threshold_note": tau_note, "threshold_kind": kind, "gate_run": gate_run,
+        **_threshold_style(taus),
         "decoded": decoded, "chunk": CHUNK_TOKENS,
         "problems": index_rows,
     }

@@ -5,7 +5,15 @@ const D = JSON.parse(document.getElementById("tje-index").textContent);
 const main = document.getElementById("main"), bar = document.getElementById("bar");
 const tip = document.getElementById("tje-tip"), live = document.getElementById("tje-live");
 const SEG = ["reasoning", "answer", "header"];
-const TAU_COLORS = ["#0969da", "#8250df", "#1a7f37", "#bc4c00", "#cf222e", "#57606a"];
+// Threshold colours come from the payload (tje_hf.analysis.style.palette: the report's plots use the same);
+// an unknown name or a value that is not a #rrggbb colour gets grey.
+const own = (o, k) => o !== null && typeof o === "object" && Object.prototype.hasOwnProperty.call(o, k);
+const tauColor = t => { const c = own(D.colors, t.name) ? D.colors[t.name] : null;
+  return typeof c === "string" && /^#[0-9a-fA-F]{6}$/.test(c) ? c : "#57606a"; };
+const tauLabel = t => own(D.labels, t.name) && typeof D.labels[t.name] === "string" ? D.labels[t.name] : String(t.name);
+const recon = t => own(D.reconstructed, t.name) ? String(D.reconstructed[t.name]) : null;
+const G = D.gate_run && typeof D.gate_run === "object" ? D.gate_run : null;  // a policy: gate run (its own tau)
+const isRun = t => G !== null && t.name === "run" && D.thresholds[0] === t;
 const STOPS = D.scale.stops.map(c => c.map(Number)), HMAX = Number(D.scale.max), CHUNK = Number(D.chunk) || 512;
 const byId = new Map(D.problems.map((p, i) => [p.id, i]));
 // Every value from the run that reaches innerHTML goes through esc() (or fmt(), which prints numbers only),
@@ -50,8 +58,11 @@ function segLegendHtml() {
 }
 
 // ------------------------------------------------------------------ index
-const tauList = D.thresholds.filter(t => t.tau !== null);
-function stopsOf(p) { return p.h1 === null ? null : tauList.filter(t => p.h1 <= t.tau).length; }
+const tauList = D.thresholds.filter(t => t.tau !== null && !isRun(t));
+function stopsOf(p) {
+  if (G) return p.gate ? (p.gate.stopped ? 1 : 0) : null;  // the run's own decision
+  return p.h1 === null ? null : tauList.filter(t => p.h1 <= t.tau).length;
+}
 function totalTokens(p) { return p.steps.reduce((a, s) => a + (Number(s.n) || 0), 0); }
 const SORT_KEYS = {
   index: p => p.index, id: p => p.id, correct: p => p.steps.length ? p.steps.map(s => s.correct === true ? 2
@@ -72,50 +83,65 @@ function sorted() {
   return rows.map(r => r[0]);
 }
 let gaugeLo = 0, gaugeHi = 1;
+const gaugeOf = p => G ? (p.gate ? p.gate.u : null) : p.h1;
+const gaugeTaus = () => G ? (typeof G.tau === "number" ? [{name: "run", tau: G.tau}] : []) : tauList;
 (function () {
-  const vs = D.problems.map(p => p.h1).concat(tauList.map(t => t.tau)).filter(v => v !== null);
+  const vs = D.problems.map(gaugeOf).concat(gaugeTaus().map(t => t.tau)).filter(v => typeof v === "number");
   if (vs.length) { gaugeLo = Math.min(...vs); gaugeHi = Math.max(...vs); }
   const pad = Math.max((gaugeHi - gaugeLo) * 0.06, 0.02); gaugeLo -= pad; gaugeHi += pad;
 })();
 const gx = v => (100 * (v - gaugeLo) / (gaugeHi - gaugeLo)).toFixed(2) + "%";
 function gaugeHtml(h) {
-  if (h === null) return "";
-  return '<span class="gauge" aria-hidden="true">' + tauList.map((t, j) => '<i style="left:' + gx(t.tau)
-    + ';background:' + TAU_COLORS[j % TAU_COLORS.length] + '"></i>').join("") + '<b style="left:' + gx(h) + '"></b></span>';
+  if (typeof h !== "number") return "";
+  return '<span class="gauge" aria-hidden="true">' + gaugeTaus().map(t => '<i style="left:' + gx(t.tau)
+    + ';background:' + tauColor(t) + '"></i>').join("") + '<b style="left:' + gx(h) + '"></b></span>';
+}
+function stopCell(p, st) {
+  if (G) {
+    if (!p.gate) return "—";
+    return p.gate.stopped ? '<b>stopped after step 1</b>' : 'ran all ' + esc(G.n_steps) + ' steps';
+  }
+  const stopNames = tauList.filter(t => p.h1 !== null && p.h1 <= t.tau).map(t => t.name).join(", ");
+  return st === null ? "—" : st + " of " + tauList.length + (stopNames ? ' <span class="muted">(' + esc(stopNames) + ')</span>' : "");
 }
 function rowHtml(i) {
   const p = D.problems[i], st = stopsOf(p);
   const marks = p.steps.map(s => mark(s.correct)).join("");
   const marksLabel = p.steps.map(s => "step " + s.step + " " + markWord(s.correct)).join(", ");
-  const stopNames = tauList.filter(t => p.h1 !== null && p.h1 <= t.tau).map(t => t.name).join(", ");
   const link = p.embedded ? '<a href="#p=' + encodeURIComponent(p.id) + '">' + esc(p.id) + '</a>'
     : esc(p.id) + ' <span class="muted">(tokens not embedded)</span>';
   return '<tr data-i="' + i + '"><td class="num">' + esc(p.index ?? "") + '</td><td>' + link + '</td><td class="marks" aria-label="'
-    + esc(marksLabel) + '">' + marks + '</td><td class="num" style="white-space:nowrap">' + fmt(p.h1) + gaugeHtml(p.h1) + '</td><td>'
-    + (st === null ? "—" : st + " of " + tauList.length + (stopNames ? ' <span class="muted">(' + esc(stopNames) + ')</span>' : ""))
-    + '</td><td class="num">' + p.steps.map(s => esc(s.n ?? "—")).join(" · ") + '</td><td class="num">' + totalTokens(p) + '</td></tr>';
+    + esc(marksLabel) + '">' + marks + '</td><td class="num" style="white-space:nowrap">' + fmt(p.h1) + gaugeHtml(gaugeOf(p)) + '</td><td>'
+    + stopCell(p, st) + '</td><td class="num">' + p.steps.map(s => esc(s.n ?? "—")).join(" · ") + '</td><td class="num">' + totalTokens(p) + '</td></tr>';
 }
 const COLS = [["index", "#", "num"], ["id", "problem", ""], ["correct", "correct by step", ""],
-  ["h1", "step-1 mean " + D.label + " (bits)", "num"], ["stops", "gate stops after step 1", ""],
+  ["h1", "step-1 mean " + D.label + " (bits)", "num"], ["stops", G ? "the run's gate" : "gate stops after step 1", ""],
   ["tokens", "tokens per step", "num", true], ["tokens", "total tokens", "num"]];
 function showIndex() {
   teardown();
   document.title = "tje viewer: " + (D.model || "run") + " on " + (D.task || "?");
   bar.innerHTML = '<span class="brand">tje viewer</span><span>' + esc(D.model || "?") + ' · ' + esc(D.task || "?")
     + ' · ' + D.problems.length + ' problems</span><span class="muted">' + esc(D.run) + '</span>';
-  const nStop = t => D.problems.filter(p => p.h1 !== null && p.h1 <= t.tau).length;
-  const anyNote = D.thresholds.some(t => t.note);
-  let h = '<h1 tabindex="-1">Problems</h1><div class="cards"><div class="card"><table class="tbl"><caption class="sr-only">Thresholds</caption>'
-    + '<thead><tr><th>threshold</th><th class="num">τ (bits)</th><th class="num">stops after step 1</th>' + (anyNote ? '<th>note</th>' : '')
+  const nStop = t => isRun(t) ? D.problems.filter(p => p.gate && p.gate.stopped).length
+    : D.problems.filter(p => p.h1 !== null && p.h1 <= t.tau).length;
+  const noteOf = t => [t.note || "", recon(t) ? "reconstruction: " + recon(t) : ""].filter(Boolean).join("; ");
+  const anyNote = D.thresholds.some(noteOf);
+  const kind = G ? "the run's threshold" : D.threshold_kind === "in-sample" ? "thresholds calibrated in-sample on this run" : "thresholds";
+  let h = '<h1 tabindex="-1">Problems</h1><div class="cards"><div class="card"><table class="tbl" id="taus"><caption>' + esc(kind) + '</caption>'
+    + '<thead><tr><th>threshold</th><th class="num">τ' + (G ? "" : " (bits)") + '</th><th class="num">stops after step 1</th>' + (anyNote ? '<th>note</th>' : '')
     + '</tr></thead><tbody>';
-  D.thresholds.forEach((t, j) => {
-    h += '<tr><td><span class="sw" style="background:' + TAU_COLORS[j % TAU_COLORS.length] + '"></span>' + esc(t.name)
-      + '</td><td class="num">' + fmt(t.tau) + '</td><td class="num">' + (t.tau === null ? "—" : nStop(t) + " of " + D.problems.length) + '</td>'
-      + (anyNote ? '<td class="note">' + esc(t.note || "") + '</td>' : '') + '</tr>';
+  D.thresholds.forEach(t => {
+    const unit = isRun(t) ? ' <span class="muted">' + esc(G.unit) + '</span>' : "";
+    h += '<tr data-name="' + esc(t.name) + '"><td><span class="sw" style="background:' + tauColor(t) + '"></span>' + esc(tauLabel(t))
+      + (recon(t) ? ' <span class="recon" title="' + esc(recon(t)) + '">reconstruction</span>' : "")
+      + '</td><td class="num">' + fmt(t.tau) + unit + '</td><td class="num">' + (t.tau === null ? "—" : nStop(t) + " of " + D.problems.length
+      + (isRun(t) ? " (the run's decisions)" : "")) + '</td>'
+      + (anyNote ? '<td class="note">' + esc(noteOf(t)) + '</td>' : '') + '</tr>';
   });
   if (!D.thresholds.length) h += '<tr><td colspan="3" class="muted">no thresholds</td></tr>';
-  h += '</tbody></table><p class="note">Thresholds ' + esc(D.threshold_note) + '. The gate stops after step 1 when the step-1 mean '
-    + esc(D.label) + ' (' + esc(D.signal) + ') ≤ τ.</p></div></div>';
+  h += '</tbody></table><p class="note">' + (G ? "The τ above is " : "Thresholds ") + esc(D.threshold_note) + '. The gate stops after step 1 when the step-1 mean '
+    + (G ? esc(G.column) + ' (segment ' + esc(G.segment) + (G.negated ? ', negated' : '') + ')' : esc(D.label) + ' (' + esc(D.signal) + ')')
+    + ' ≤ τ.</p></div></div>';
   h += '<table class="tbl idx" id="idx"><caption class="sr-only">Problems; column headers are buttons that sort the table</caption><thead><tr>';
   COLS.forEach(([key, label, cls, nosort]) => {
     if (nosort) { h += '<th class="' + cls + '" scope="col">' + esc(label) + '</th>'; return; }
@@ -222,16 +248,28 @@ function loadProblem(i) {
   const el = document.getElementById("tje-p-" + i);
   return el ? JSON.parse(el.textContent) : null;
 }
+function runGateRow(p, t) {
+  const last = p.steps[p.steps.length - 1], first = p.steps[0], g = p.gate;
+  const sw = '<span class="sw" style="background:' + tauColor(t) + '"></span>';
+  if (!g) return '<tr><td>' + sw + esc(tauLabel(t)) + '</td><td class="num">' + fmt(t.tau) + '</td><td colspan="3" class="muted">no record of the decision</td></tr>';
+  const res = g.stopped ? first : last;
+  return '<tr class="run"><td>' + sw + esc(tauLabel(t)) + '</td><td class="num">' + fmt(t.tau) + '</td><td>' + fmt(g.u)
+    + (typeof g.u === "number" ? (g.stopped ? " ≤ " : " > ") + fmt(t.tau) : "") + '</td><td><b>'
+    + (g.stopped ? "stopped after step 1" : "ran all " + esc(G.n_steps) + " steps") + '</b> <span class="muted">(the run\'s decision)</span></td><td>'
+    + (res ? 'answer ' + esc(res.answer ?? "none") + ' (step ' + esc(res.step) + ') ' + mark(res.correct) : "—") + '</td></tr>';
+}
 function gateRows(p) {
   const last = p.steps[p.steps.length - 1], first = p.steps[0];
   const full = p.policy === "all" || p.steps.length > 1;
-  return D.thresholds.map((t, j) => {
-    const sw = '<span class="sw" style="background:' + TAU_COLORS[j % TAU_COLORS.length] + '"></span>';
-    if (t.tau === null || p.h1 === null) return '<tr><td>' + sw + esc(t.name) + '</td><td class="num">' + fmt(t.tau)
+  return D.thresholds.map(t => {
+    if (isRun(t)) return runGateRow(p, t);
+    const sw = '<span class="sw" style="background:' + tauColor(t) + '"></span>';
+    const name = esc(tauLabel(t)) + (recon(t) ? ' <span class="recon" title="' + esc(recon(t)) + '">reconstruction</span>' : "");
+    if (t.tau === null || p.h1 === null) return '<tr><td>' + sw + name + '</td><td class="num">' + fmt(t.tau)
       + '</td><td colspan="3" class="muted">' + (p.h1 === null ? "no step-1 value" : esc(t.note || "no threshold")) + '</td></tr>';
     const stop = p.h1 <= t.tau;
     const res = stop ? first : (full ? last : null);
-    return '<tr><td>' + sw + esc(t.name) + '</td><td class="num">' + fmt(t.tau) + '</td><td>' + fmt(p.h1) + (stop ? " ≤ " : " > ") + fmt(t.tau)
+    return '<tr><td>' + sw + name + '</td><td class="num">' + fmt(t.tau) + '</td><td>' + fmt(p.h1) + (stop ? " ≤ " : " > ") + fmt(t.tau)
       + '</td><td><b>' + (stop ? "stop after step 1" : "run all " + esc(D.n_steps_config || p.n_steps) + " steps") + '</b></td><td>'
       + (res ? 'answer ' + esc(res.answer ?? "none") + ' (step ' + esc(res.step) + ') ' + mark(res.correct) : '<span class="muted">not run (gated run)</span>')
       + '</td></tr>';
@@ -252,7 +290,12 @@ function showProblem(i) {
   let h = '<h1 tabindex="-1">Problem ' + esc(p.id) + '</h1><p class="meta">' + esc(D.task || "") + (p.index !== null ? ' #' + esc(p.index) : "")
     + ' · gold answer <b>' + esc(p.gold ?? "?") + '</b> · ' + p.steps.length + ' step' + (p.steps.length === 1 ? "" : "s") + ' recorded (policy '
     + esc(p.policy || "?") + ') · model ' + esc(D.model || "?") + '</p>';
-  h += '<section aria-labelledby="gate-h"><h2 id="gate-h">Gate</h2><p class="note">Step-1 mean ' + esc(D.label) + ' H₁ = <b>' + fmt(p.h1)
+  h += '<section aria-labelledby="gate-h"><h2 id="gate-h">Gate</h2><p class="note">' + (G
+    ? "This run (policy gate) used τ = <b>" + fmt(G.tau) + "</b> on the step-1 mean " + esc(G.column) + " (" + esc(G.unit)
+      + (G.negated ? ", negated" : "") + ", segment " + esc(G.segment) + "): H₁ = <b>" + fmt(p.gate ? p.gate.u : null) + "</b>. "
+      + "The first row is what the run did. "
+    : D.threshold_kind === "in-sample" ? "Thresholds calibrated in-sample on this run (for inspection, not an evaluation). " : "")
+    + 'Step-1 mean ' + esc(D.label) + ' H₁ = <b>' + fmt(p.h1)
     + '</b> bits. Stop after step 1 when H₁ ≤ τ, else run all steps and return the last answer.</p>'
     + '<table class="tbl gate"><thead><tr><th>threshold</th><th class="num">τ</th><th>H₁ vs τ</th><th>decision</th><th>returned</th></tr></thead><tbody>'
     + (D.thresholds.length ? gateRows(p) : '<tr><td colspan="5" class="muted">no thresholds</td></tr>') + '</tbody></table></section>';
