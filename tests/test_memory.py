@@ -19,6 +19,7 @@ from tje_hf.generation.hf import generate_batch
 from tje_hf.generation.kvcache import new_cache
 from tje_hf.models.loading import ModelLoadError, load_model
 from tje_hf.models.memory import (
+    FP8_SCALE_BYTES,
     GiB,
     InsufficientMemoryError,
     _count_analytic,
@@ -145,6 +146,77 @@ def test_effective_quantization():
     assert effective_quantization("4bit", cfg) == "4bit"
     plain = type("C", (), {})()
     assert effective_quantization("mxfp4", plain, cuda=True, mxfp4_kernels=True) == "none"
+    # A fine-grained FP8 checkpoint stays FP8 on a GPU of compute capability >= 8.9 only.
+    fp8 = type("C", (), {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}})()
+    assert effective_quantization("fp8", fp8, cuda=True, fp8_gpu=True) == "fp8"
+    assert effective_quantization("none", fp8, cuda=True, fp8_gpu=True) == "fp8"  # the checkpoint's
+    assert effective_quantization("fp8", fp8, cuda=True, fp8_gpu=False) == "none"  # e.g. an A100: dequantised
+    assert effective_quantization("fp8", fp8, cuda=False, fp8_gpu=True) == "none"
+    assert effective_quantization("fp8", plain, cuda=True, fp8_gpu=True) == "none"  # nothing quantised on the fly
+    assert effective_quantization("4bit", fp8) == "4bit"
+
+
+def _tiny_qwen3_moe_config(**extra):
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+                          head_dim=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                          num_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
+                          tie_word_embeddings=False, dtype="bfloat16", **extra)
+
+
+def test_fp8_weights_by_hand():
+    """Fine-grained FP8 (Qwen3-30B-A3B-*-FP8's format) of a tiny Qwen3-MoE, counted by hand.
+
+    Hidden 256, 2 layers, 4 heads x 64 (2 KV heads), 4 experts of width 128, vocabulary 1000.
+    In FP8 (1 B each), per layer: q 256x256 + k 128x256 + v 128x256 + o 256x256 = 196,608 and the
+    fused experts 4 x (gate_up 256x256 + down 256x128) = 393,216: 589,824; 2 layers 1,179,648 B.
+    Float32 scales, one per 128x128 block: q 2x2 + k 1x2 + v 1x2 + o 2x2 = 12, experts
+    4 x (2x2 + 2x1) = 24: 36 a layer, 72 in all, 288 B. In bf16 (2 B each): embeddings and the
+    output layer 2 x 1000 x 256 = 512,000, per layer the router 4 x 256 = 1,024, q/k norms 2 x 64,
+    input/post-attention norms 2 x 256 (1,664), 2 layers 3,328, final norm 256: 515,584 params,
+    1,031,168 B. Rotary tables: inv_freq and original_inv_freq, 32 float32 each: 256 B.
+    """
+    fp8_weight, scales, bf16_params, buffers = 1_179_648, 72, 515_584, 256
+    expected = fp8_weight * 1 + scales * 4 + bf16_params * 2 + buffers
+    assert expected == 2_211_360
+    cfg = _tiny_qwen3_moe_config()
+    counts = count_parameters(cfg)
+    assert counts.source == "meta"
+    assert (counts.fp8_weight, counts.fp8_scales, counts.total - counts.fp8_weight, counts.buffer_bytes) == \
+        (fp8_weight, scales, bf16_params, buffers)
+    est = estimate_memory(cfg, quantization="fp8", batch_size=1, context_tokens=8)
+    assert est.weights_bytes == expected and est.quantization == "fp8"
+    assert est.notes and "FP8" in est.notes[0]
+    # Unquantised (or dequantised: an FP8 checkpoint on a GPU below compute capability 8.9 or on
+    # the CPU): every parameter in bf16.
+    assert estimate_memory(cfg, quantization="none", context_tokens=8).weights_bytes == \
+        (fp8_weight + bf16_params) * 2 + buffers
+    # The checkpoint's own quantization_config sets the block: 64x64 gives q 4x4 + k 2x4 + v 2x4
+    # + o 4x4 = 48 and experts 4 x (4x4 + 4x2) = 96 scales a layer: 288 in all, 1,152 B.
+    # Qwen's skip list names the output layer, the norms and the router: only lm_head is a
+    # Linear among them, so the FP8 weights are the same.
+    skip = ["lm_head"] + [f"model.layers.{i}.{m}" for i in range(2)
+                          for m in ("input_layernorm", "mlp.gate", "post_attention_layernorm")]
+    cfg64 = _tiny_qwen3_moe_config(quantization_config={"quant_method": "fp8", "weight_block_size": [64, 64],
+                                                        "modules_to_not_convert": skip})
+    est64 = estimate_memory(cfg64, quantization="fp8", context_tokens=8)
+    assert count_parameters(cfg64).fp8_scales == 288
+    assert est64.weights_bytes == expected + (288 - 72) * FP8_SCALE_BYTES
+    # A skip list that keeps the attention projections in bf16 moves them out of FP8 (a pattern
+    # matches as Transformers' should_convert_module reads it: a prefix or regex up to a module
+    # boundary, or a suffix).
+    cfg_attn = _tiny_qwen3_moe_config(quantization_config={
+        "quant_method": "fp8", "modules_to_not_convert": ["lm_head", r"model.layers.\d+.self_attn"]})
+    attn = 2 * 196_608
+    assert count_parameters(cfg_attn).fp8_weight == fp8_weight - attn
+    assert estimate_memory(cfg_attn, quantization="fp8", context_tokens=8).weights_bytes == \
+        expected + attn * (2 - 1) - 2 * 12 * FP8_SCALE_BYTES
+
+
+def test_fp8_refuses_what_transformers_cannot_hold():
+    with pytest.raises(ValueError, match="FP8Experts does not take"):
+        estimate_memory(reference_config("gpt-oss-20b"), quantization="fp8", context_tokens=8)
 
 
 def test_paper_models_at_batch_16_x_16k():
@@ -156,7 +228,8 @@ def test_paper_models_at_batch_16_x_16k():
     window = estimate_memory(gpt, dtype="bfloat16", quantization="mxfp4", record_sliding_past=False, **kw)
     qwen = estimate_memory(reference_config("qwen3-30b-a3b"), dtype="bfloat16", quantization="none", **kw)
     qwen4 = estimate_memory(reference_config("qwen3-30b-a3b"), dtype="bfloat16", quantization="4bit", **kw)
-    for est in (bf16, mxfp4, window, qwen, qwen4):
+    qwen8 = estimate_memory(reference_config("qwen3-30b-a3b"), dtype="bfloat16", quantization="fp8", **kw)
+    for est in (bf16, mxfp4, window, qwen, qwen4, qwen8):
         print("\n" + est.table())
     assert 20.5e9 < bf16.n_params < 21.5e9
     # 20.91 B parameters x 2 B = 41.8 GB = 38.96 GiB
@@ -165,6 +238,11 @@ def test_paper_models_at_batch_16_x_16k():
     assert 55 * GiB < qwen.weights_bytes < 59 * GiB
     # bitsandbytes leaves Qwen3-MoE's fused experts in bf16: 4-bit saves only the attention.
     assert qwen4.weights_bytes > 50 * GiB and any("fused MoE expert" in n for n in qwen4.notes)
+    # FP8 (Qwen/Qwen3-30B-A3B-*-2507-FP8): 29.90 B weights at 1 B + 1.82 M float32 block scales +
+    # 0.63 B in bf16 (embeddings, output layer, router, norms) = 29.03 GiB, the size of the
+    # published checkpoint's tensors.
+    assert 28.9 * GiB < qwen8.weights_bytes < 29.1 * GiB
+    assert qwen8.kv_cache_bytes == qwen.kv_cache_bytes
     # KV: 24 layers x 8 KV heads x 64 dims x K,V x 2 B = 48 KiB a token; 16 x 16384 tokens = 12 GiB
     # when the sliding layers record their past, about half when they keep their window only.
     assert bf16.kv_cache_bytes == mxfp4.kv_cache_bytes == 12 * GiB
@@ -181,3 +259,5 @@ def test_analytic_count_agrees_with_meta(name):
     assert meta.source == "meta"
     assert abs(analytic.total - meta.total) / meta.total < 0.01
     assert abs(analytic.linear_weight - meta.linear_weight) / max(meta.linear_weight, 1) < 0.01
+    assert abs(analytic.fp8_weight - meta.fp8_weight) <= 0.01 * max(meta.fp8_weight, 1)
+    assert abs(analytic.fp8_scales - meta.fp8_scales) <= 0.01 * max(meta.fp8_scales, 1)

@@ -79,7 +79,7 @@ def test_run_outputs_are_ignored_but_configs_are_not():
 def test_every_packaged_config_loads_and_validates():
     runs = packaged_configs("runs")
     models = packaged_configs("models")
-    assert "demo" in runs and len(models) == 6
+    assert "demo" in runs and len(models) == 8
     for name in runs:
         cfg = load_run_config(name)
         assert isinstance(cfg, RunConfig) and cfg.out_dir == f"runs/{name}"

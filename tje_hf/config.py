@@ -102,7 +102,7 @@ class ModelSpec(_Validated):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device_map: str | None = None
     attn_implementation: str | None = None
-    quantization: Literal["none", "4bit", "8bit", "mxfp4", "bf16-dequantized"] = "none"
+    quantization: Literal["none", "4bit", "8bit", "mxfp4", "fp8", "bf16-dequantized"] = "none"
     family: Literal["auto", "generic", "gpt-oss", "qwen3-thinking", "qwen3-instruct"] = "auto"
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     # Hybrid Qwen3 (0.6B-32B) only: the template's thinking switch. None = the template's default

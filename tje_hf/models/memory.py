@@ -16,7 +16,8 @@ and allocator fragmentation. Also not counted: the tracker's optional per-token 
 layer's KV that ``torch.cat`` makes while the cache grows.
 
 ``python -m tje_hf.models.memory gpt-oss-20b --batch 16 --context 16384 --quantization mxfp4`` prints an
-estimate for a paper model from its public architecture (no download; see :data:`REFERENCE_MODELS`).
+estimate for a paper model from its public architecture (no download; see :data:`REFERENCE_MODELS`);
+``--quantization fp8`` gives Qwen3-30B-A3B's fine-grained FP8 checkpoints (``Qwen/Qwen3-30B-A3B-*-2507-FP8``).
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from typing import Any
 import torch
 
 from ..errors import InsufficientMemoryError, ModelLoadError
-from .quantization import DTYPES, missing_mxfp4_kernels
+from .quantization import DTYPES, fp8_native_gpu, missing_mxfp4_kernels
 
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
-QUANTIZATIONS = ("none", "4bit", "8bit", "mxfp4", "bf16-dequantized")
+QUANTIZATIONS = ("none", "4bit", "8bit", "mxfp4", "fp8", "bf16-dequantized")
 # bitsandbytes nf4 (no double quantisation, as ModelSpec configures it): a 4-bit code per weight
 # plus one float32 absmax per block of 64 weights.
 NF4_BLOCK = 64
@@ -46,6 +47,12 @@ NF4_BYTES_PER_PARAM = 0.5 + 4 / NF4_BLOCK
 INT8_BYTES_PER_PARAM = 1.0
 # OCP MXFP4 (gpt-oss MoE experts): a 4-bit E2M1 value per weight and one E8M0 scale byte per 32.
 MXFP4_BYTES_PER_PARAM = 4.25 / 8
+# Fine-grained FP8 as Transformers 5.x holds it in memory (FP8Linear / FP8Experts): one float8_e4m3fn
+# byte per weight and one float32 scale (``weight_scale_inv``) per block of
+# ``weight_block_size`` (128 x 128 unless the checkpoint says otherwise) of each weight matrix.
+FP8_BYTES_PER_PARAM = 1
+FP8_SCALE_BYTES = 4
+FP8_DEFAULT_BLOCK = (128, 128)
 # float32 B x V copies of the next-token logits alive at one decoding step: generate's upcast copy,
 # the processed scores (each warper returns a new tensor), the tracker's retained copy (token
 # log-probabilities are taken from it one step later) and the signal temporaries (the logits
@@ -73,6 +80,12 @@ class ParamCounts:
     ``linear_rows``: their total output features (one int8 row scale each). ``mxfp4_experts``: the
     gpt-oss expert matrices an MXFP4 checkpoint stores in MXFP4. ``fused_experts``: 3-D expert
     parameters of any MoE (bitsandbytes leaves them unquantised in Transformers 5.x).
+    ``fp8_weight``: the weights Transformers' fine-grained FP8 holds in FP8: those of the
+    ``nn.Linear`` modules it converts (all but the checkpoint's ``modules_to_not_convert``, or
+    Transformers' default skip list: the output embedding) and the 3-D matrices of the
+    ``*.experts`` modules; ``fp8_scales``: their float32 block scales (one per
+    ``weight_block_size`` block of each matrix, each expert's matrices counted apart).
+    Embeddings, norms, biases, the MoE router and the output layer stay in the compute dtype.
     ``buffer_bytes``: buffers (rotary tables) at the dtype they are built with.
     """
 
@@ -83,6 +96,8 @@ class ParamCounts:
     fused_experts: int
     buffer_bytes: int
     source: str  # "meta" (the model built on the meta device) or "analytic" (from config fields)
+    fp8_weight: int = 0
+    fp8_scales: int = 0
 
 
 _COUNT_CACHE: dict[str, ParamCounts] = {}
@@ -116,6 +131,26 @@ def count_parameters(config, *, trust_remote_code: bool = False) -> ParamCounts:
     return counts
 
 
+def _quant_get(config, key: str, default=None):
+    qc = getattr(config, "quantization_config", None)
+    if qc is None:
+        return default
+    value = qc.get(key, default) if isinstance(qc, dict) else getattr(qc, key, default)
+    return default if value is None else value
+
+
+def fp8_block_size(config) -> tuple[int, int]:
+    """``weight_block_size`` of a fine-grained FP8 checkpoint's config (128 x 128 by default)."""
+    block = _quant_get(config, "weight_block_size", FP8_DEFAULT_BLOCK)
+    return int(block[0]), int(block[1])
+
+
+def _fp8_scales(shape, block: tuple[int, int]) -> int:
+    """Float32 scales of one FP8 weight of ``shape`` (``out x in``, or ``experts x out x in``)."""
+    *lead, rows, cols = shape
+    return math.prod(lead) * math.ceil(rows / block[0]) * math.ceil(cols / block[1])
+
+
 def _count_on_meta(config, trust_remote_code: bool) -> ParamCounts:
     from transformers import AutoModelForCausalLM
 
@@ -135,12 +170,21 @@ def _count_on_meta(config, trust_remote_code: bool) -> ParamCounts:
 
     from transformers.pytorch_utils import Conv1D
 
+    # Fine-grained FP8 (transformers.integrations.finegrained_fp8.replace_with_fp8_linear): plain
+    # nn.Linear modules and modules named "*.experts", minus the checkpoint's skip list (or the
+    # default one) and the model's fp32 modules.
+    fp8_skip = list(_quant_get(config, "modules_to_not_convert", None) or skip)
+    fp8_skip += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    block = fp8_block_size(config)
     is_gpt_oss = getattr(config, "model_type", "") == "gpt_oss"
     seen: set[int] = set()
-    total = linear_weight = linear_rows = mxfp4 = fused = 0
+    total = linear_weight = linear_rows = mxfp4 = fused = fp8 = fp8_scales = 0
+    fp8_biased_experts = False
     for name, module in model.named_modules():
         linear = (type(module) is torch.nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skip)
         experts = type(module).__name__.endswith("Experts")
+        fp8_linear = type(module) is torch.nn.Linear and should_convert_module(name, fp8_skip)
+        fp8_experts = name.endswith(".experts") and should_convert_module(name, fp8_skip)
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue  # tied weights count once
@@ -154,8 +198,15 @@ def _count_on_meta(config, trust_remote_code: bool) -> ParamCounts:
                 fused += n
                 if is_gpt_oss and pname in ("gate_up_proj", "down_proj"):
                     mxfp4 += n
+            if (fp8_linear and pname == "weight") or (fp8_experts and param.dim() == 3):
+                fp8 += n
+                fp8_scales += _fp8_scales(param.shape, block)
+        if fp8_experts and getattr(module, "has_bias", False):
+            fp8_biased_experts = True  # FP8Experts takes no biases (gpt-oss): no FP8 format for this model
+    if fp8_biased_experts:
+        fp8 = fp8_scales = 0
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    return ParamCounts(total, linear_weight, linear_rows, mxfp4, fused, buffer_bytes, "meta")
+    return ParamCounts(total, linear_weight, linear_rows, mxfp4, fused, buffer_bytes, "meta", fp8, fp8_scales)
 
 
 def _count_analytic(config) -> ParamCounts:
@@ -182,7 +233,16 @@ def _count_analytic(config) -> ParamCounts:
     total = embed + lm_head + norms + L * (attn + mlp_linear + experts + router)
     rows = L * (nq * hd + 2 * nkv * hd + H + (2 * c.intermediate_size + H if not n_experts else 0))
     is_gpt_oss = getattr(c, "model_type", "") == "gpt_oss"
-    return ParamCounts(total, linear, rows, L * experts if is_gpt_oss else 0, L * experts, hd * 4, "analytic")
+    block = fp8_block_size(c)
+    blocks = lambda rows, cols: _fp8_scales((rows, cols), block)
+    fp8_scales = L * (blocks(nq * hd, H) + 2 * blocks(nkv * hd, H) + blocks(H, nq * hd))
+    if n_experts:
+        fp8_scales += L * n_experts * (blocks(2 * moe_inter, H) + blocks(H, moe_inter))
+    else:
+        fp8_scales += L * (2 * blocks(c.intermediate_size, H) + blocks(H, c.intermediate_size))
+    fp8 = 0 if is_gpt_oss else linear + L * experts  # gpt-oss's experts have biases: no FP8Experts
+    return ParamCounts(total, linear, rows, L * experts if is_gpt_oss else 0, L * experts, hd * 4, "analytic",
+                       fp8, fp8_scales if fp8 else 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +367,10 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
             ``8bit``: bitsandbytes int8 for the ``nn.Linear`` weights (1 B + a float32 row scale);
             ``4bit``: bitsandbytes nf4 for the ``nn.Linear`` weights (0.5 B + a float32 absmax per
             64), embeddings, norms, biases, the output layer and fused MoE experts stay in ``dtype``;
-            ``mxfp4``: gpt-oss expert matrices at 4.25 bits, everything else in ``dtype``.
+            ``mxfp4``: gpt-oss expert matrices at 4.25 bits, everything else in ``dtype``;
+            ``fp8``: a fine-grained FP8 checkpoint as Transformers holds it: the converted
+            ``nn.Linear`` weights and the fused MoE experts at 1 B plus a float32 scale per
+            128 x 128 block; embeddings, norms, the router and the output layer in ``dtype``.
             (:func:`effective_quantization` says which one a load will actually give.)
         batch_size: sequences decoded together.
         context_tokens: positions per sequence the KV cache holds at the end (prompt + generated).
@@ -318,7 +381,8 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
 
     Raises:
         ValueError: an unknown quantization or dtype, ``mxfp4`` for a model without gpt-oss
-            experts, or a batch / context below 1.
+            experts, ``fp8`` for a model Transformers cannot hold in FP8 (no linear weights, or
+            MoE experts with biases: gpt-oss), or a batch / context below 1.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r}: must be one of {QUANTIZATIONS}")
@@ -343,6 +407,18 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
     elif quantization == "8bit":
         weights = (counts.total - counts.linear_weight) * esize + counts.linear_weight * INT8_BYTES_PER_PARAM \
             + counts.linear_rows * 4
+    elif quantization == "fp8":
+        if not counts.fp8_weight:
+            raise ValueError(f"quantization='fp8': Transformers' fine-grained FP8 cannot hold model_type="
+                             f"{getattr(config, 'model_type', '?')!r} (no linear weights, or MoE experts with "
+                             "biases, which its FP8Experts does not take)")
+        weights = (counts.total - counts.fp8_weight) * esize + counts.fp8_weight * FP8_BYTES_PER_PARAM \
+            + counts.fp8_scales * FP8_SCALE_BYTES
+        bn, bk = fp8_block_size(config)
+        notes.append(f"{counts.fp8_weight / 1e9:.2f} B parameters in FP8 ({counts.fused_experts / 1e9:.2f} B of them "
+                     f"fused MoE experts) + {counts.fp8_scales / 1e6:.2f} M float32 scales ({bn}x{bk} blocks); "
+                     f"{(counts.total - counts.fp8_weight) / 1e9:.2f} B in {_DTYPE_NAMES[cdtype]} (embeddings, "
+                     "output layer, norms, router)")
     else:  # mxfp4
         if not counts.mxfp4_experts:
             raise ValueError(f"quantization='mxfp4': model_type={getattr(config, 'model_type', '?')!r} has no "
@@ -376,20 +452,24 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
 
 
 def effective_quantization(requested: str, config, *, cuda: bool | None = None,
-                           mxfp4_kernels: bool | None = None) -> str:
+                           mxfp4_kernels: bool | None = None, fp8_gpu: bool | None = None) -> str:
     """What a load with ``ModelSpec.quantization=requested`` puts in memory.
 
     A checkpoint's own ``quantization_config`` decides when nothing else is asked: an MXFP4
     checkpoint (gpt-oss) stays MXFP4 only with CUDA and the ``kernels`` and ``triton`` packages;
-    otherwise Transformers dequantises it to bf16 (``"none"``). A pre-quantised bitsandbytes
-    checkpoint is ``4bit`` / ``8bit``. ``mxfp4`` asked of a checkpoint without MXFP4 weights is
-    ``"none"``.
+    a fine-grained FP8 checkpoint (``quant_method: fp8``) stays FP8 only on a CUDA GPU of compute
+    capability >= 8.9 (``fp8_gpu``); otherwise Transformers dequantises either to bf16
+    (``"none"``). A pre-quantised bitsandbytes checkpoint is ``4bit`` / ``8bit``. ``mxfp4`` or
+    ``fp8`` asked of a checkpoint without such weights is ``"none"`` (nothing is quantised on
+    the fly).
     """
 
     if cuda is None:
         cuda = torch.cuda.is_available()
     if mxfp4_kernels is None:
         mxfp4_kernels = not missing_mxfp4_kernels()
+    if fp8_gpu is None:
+        fp8_gpu = fp8_native_gpu() if cuda else False
     qc = getattr(config, "quantization_config", None)
     get = qc.get if isinstance(qc, dict) else (lambda k, d=None: getattr(qc, k, d))
     method = get("quant_method") if qc is not None else None
@@ -399,6 +479,8 @@ def effective_quantization(requested: str, config, *, cuda: bool | None = None,
         return "none"
     if method == "mxfp4":
         return "mxfp4" if cuda and mxfp4_kernels else "none"
+    if method == "fp8":
+        return "fp8" if cuda and fp8_gpu else "none"
     if method == "bitsandbytes":
         return "4bit" if get("load_in_4bit", False) else "8bit"
     return "none"
@@ -613,9 +695,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-record-sliding-past", action="store_true",
                    help="sliding layers keep only their window (a plain generate, not the refinement loop)")
     args = p.parse_args(argv)
-    est = estimate_memory(reference_config(args.model), dtype=args.dtype, quantization=args.quantization,
-                          batch_size=args.batch, context_tokens=args.context,
-                          record_sliding_past=not args.no_record_sliding_past)
+    try:
+        est = estimate_memory(reference_config(args.model), dtype=args.dtype, quantization=args.quantization,
+                              batch_size=args.batch, context_tokens=args.context,
+                              record_sliding_past=not args.no_record_sliding_past)
+    except ValueError as exc:
+        p.error(str(exc))
     print(est.table())
     return 0
 
