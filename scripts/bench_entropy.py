@@ -28,7 +28,8 @@ import torch
 from gpu_check import plain_generate, tracked_generate  # the GPU check times the same two calls
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy, load_model
-from tje_hf.generation.hf import build_generation_config, encode_prompts, left_pad
+from tje_hf.generation.hf import build_generation_config, encode_prompts
+from tje_hf.generation.outputs import left_pad
 from tje_hf.generation.signals import topk_entropy
 from tje_hf.records import write_result
 

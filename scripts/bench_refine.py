@@ -32,9 +32,9 @@ def one_run(lm, reuse: bool, tokens: int, steps: int, history: str) -> list[dict
     decode = DecodeConfig(max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.7, seed=0,
                           signals=SignalConfig())
     config = RefineConfig(steps=steps, reuse_cache=reuse, history=history)
-    result = refine(lm.model, lm.tokenizer, make_family(lm.family), [QUESTION], ["bench"], config, decode)[0]
-    return [{"step": s.step, "prompt_tokens": s.prompt_tokens, "prefilled": s.prefilled_tokens,
-             "reused": s.reused_tokens, "generated": s.n_generated, "prefill_s": s.prefill_time_s,
+    result = refine(lm.backend, make_family(lm.family), [QUESTION], ["bench"], config, decode)[0]
+    return [{"step": s.step, "prompt_tokens": s.generation.prompt_tokens, "prefilled": s.reuse.prefilled,
+             "reused": s.reuse.reused, "generated": s.generation.n_generated, "prefill_s": s.prefill_time_s,
              "wall_s": s.wall_time_s} for s in result.steps]
 
 

@@ -59,8 +59,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
-from tje_hf.generation.hf import build_generation_config, generate_batch, left_pad, pad_token_id, sync_device
+from tje_hf.generation.hf import build_generation_config, generate_batch, sync_device
 from tje_hf.generation.kvcache import CachedPrefix, new_cache, plan_reuse
+from tje_hf.generation.outputs import left_pad, pad_token_id
 from tje_hf.models.memory import estimate_memory, reference_config
 from tje_hf.records import write_result
 

@@ -14,7 +14,7 @@ from conftest import build_tiny_gpt_oss, build_tiny_qwen3_moe
 from family_fixtures import harmony_eos_ids, harmony_tokenizer, qwen3_thinking_tokenizer
 
 from tje_hf import DecodeConfig, RefineConfig, SignalConfig
-from tje_hf.generation.hf import generate_batch
+from tje_hf.generation.hf import HfBackend, generate_batch
 from tje_hf.generation.kvcache import CachedPrefix, longest_common_prefix, new_cache, plan_reuse
 from tje_hf.models.families import make_family
 from tje_hf.refinement import gate_value, refine
@@ -54,8 +54,8 @@ def _setup(name, request):
 
 def _run(model, tok, family, history, reuse, steps=3, questions=QUESTIONS, decode=GREEDY, **kw):
     config = RefineConfig(steps=steps, history=history, reuse_cache=reuse, **kw)
-    return refine(model, tok, family, questions, [f"p{i}" for i in range(len(questions))], config, decode,
-                  run_seed=7)
+    return refine(HfBackend(model, tok), family, questions, [f"p{i}" for i in range(len(questions))], config,
+                  decode, run_seed=7)
 
 
 @pytest.mark.parametrize("history", ["template", "continuation"])
@@ -70,15 +70,16 @@ def test_reuse_gives_the_same_tokens_and_signals(name, history, request):
         assert len(a.steps) == len(b.steps) == 3
         for sa, sb in zip(a.steps, b.steps, strict=True):
             assert sa.prompt_ids == sb.prompt_ids
-            assert sa.token_ids == sb.token_ids, f"step {sa.step} differs"
+            assert sa.generation.token_ids == sb.generation.token_ids, f"step {sa.step} differs"
             # per-token signals (float32): top-k entropies in bits, log-probs in nats
-            assert np.allclose(sa.trace, sb.trace, atol=2e-4, equal_nan=True), np.abs(sa.trace - sb.trace).max()
-            assert sa.prompt_tokens == sa.prefilled_tokens + sa.reused_tokens
-            assert sb.reused_tokens == 0 and sb.prefilled_tokens == sb.prompt_tokens
+            ta, tb = sa.generation.trace, sb.generation.trace
+            assert np.allclose(ta, tb, atol=2e-4, equal_nan=True), np.abs(ta - tb).max()
+            assert sa.generation.prompt_tokens == sa.reuse.prefilled + sa.reuse.reused
+            assert sb.reuse.reused == 0 and sb.reuse.prefilled == sb.generation.prompt_tokens
             if sa.step > 1:
-                assert sa.cache == "reused"
-                assert 0 < sa.reused_tokens <= sa.common_prefix
-                reused_any += sa.reused_tokens
+                assert sa.reuse.mode == "reused"
+                assert 0 < sa.reuse.reused <= sa.reuse.common_prefix
+                reused_any += sa.reuse.reused
     if name == "harmony_setup":  # the prompts are longer than the sliding window
         assert min(len(r.steps[0].prompt_ids) for r in with_reuse) > 16
     assert reused_any > 0
@@ -89,11 +90,11 @@ def test_exact_accounting_batch_of_one(history, qwen3_setup):
     model, tok, family = qwen3_setup
     res = _run(model, tok, family, history, True, steps=3, questions=QUESTIONS[1:2])[0]
     for prev, step in zip(res.steps, res.steps[1:], strict=False):
-        full_prev = prev.prompt_ids + prev.token_ids
+        full_prev = prev.prompt_ids + prev.generation.token_ids
         lcp = longest_common_prefix(full_prev[:-1], step.prompt_ids)  # the last token was never fed
-        assert step.common_prefix == lcp
-        assert step.prefilled_tokens == len(step.prompt_ids) - lcp
-        assert step.reused_tokens == lcp
+        assert step.reuse.common_prefix == lcp
+        assert step.reuse.prefilled == len(step.prompt_ids) - lcp
+        assert step.reuse.reused == lcp
         if history == "continuation":  # everything already computed is reused
             assert lcp == len(full_prev) - 1
         else:  # Qwen3 drops the reasoning of earlier turns: reuse stops where it starts
@@ -103,15 +104,15 @@ def test_exact_accounting_batch_of_one(history, qwen3_setup):
 def test_gate_stops_low_entropy_problems_after_one_step(qwen3_setup):
     model, tok, family = qwen3_setup
     everything = _run(model, tok, family, "template", True, steps=3)
-    values = sorted(gate_value(r.steps[0], "topk_entropy", 20, "all") for r in everything)
+    values = sorted(gate_value(r.steps[0], "topk_entropy@20", "all") for r in everything)
     tau = (values[0] + values[1]) / 2  # exactly one problem at or below tau
     gated = _run(model, tok, family, "template", True, steps=3, policy="gate", tau=tau)
     for full, g in zip(everything, gated, strict=True):
-        h1 = gate_value(full.steps[0], "topk_entropy", 20, "all")
+        h1 = gate_value(full.steps[0], "topk_entropy@20", "all")
         assert len(g.steps) == (1 if h1 <= tau else 3)
         # the same seeds: gating changes which steps run, not what they produce
         for sg, sf in zip(g.steps, full.steps, strict=False):
-            assert sg.token_ids == sf.token_ids
+            assert sg.generation.token_ids == sf.generation.token_ids
     assert sorted(len(g.steps) for g in gated) == [1, 3, 3]
 
 
@@ -120,9 +121,11 @@ def test_sampling_is_reproducible_and_batch_independent(qwen3_setup):
     sampled = DecodeConfig(max_new_tokens=10, temperature=0.8, top_p=0.95, signals=SignalConfig())
     a = _run(model, tok, family, "template", True, steps=2, decode=sampled)
     b = _run(model, tok, family, "template", True, steps=2, decode=sampled)
-    alone = refine(model, tok, family, QUESTIONS[2:], ["p2"], RefineConfig(steps=2), sampled, run_seed=7)
-    assert [s.token_ids for r in a for s in r.steps] == [s.token_ids for r in b for s in r.steps]
-    assert [s.token_ids for s in alone[0].steps] == [s.token_ids for s in a[2].steps]
+    alone = refine(HfBackend(model, tok), family, QUESTIONS[2:], ["p2"], RefineConfig(steps=2), sampled,
+                   run_seed=7)
+    assert ([s.generation.token_ids for r in a for s in r.steps]
+            == [s.generation.token_ids for r in b for s in r.steps])
+    assert [s.generation.token_ids for s in alone[0].steps] == [s.generation.token_ids for s in a[2].steps]
 
 
 def test_generate_refuses_a_cache_covering_the_whole_input(smollm2):

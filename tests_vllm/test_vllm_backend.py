@@ -216,7 +216,7 @@ def test_cross_check_sampled_raw_logprobs(backend, tiny_model, hf_model, measure
 
 @pytest.mark.engine
 def test_unavailable_signals_are_nan(backend, tiny_model, monkeypatch):
-    from tje_hf.generation import vllm_backend
+    from tje_hf.generation import vllm as vllm_backend
 
     def no_dicts(*args, **kwargs):
         raise AssertionError("vLLM's flat logprobs were not read as arrays (layout changed?)")

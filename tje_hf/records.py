@@ -1,4 +1,4 @@
-"""The run directory on disk: the only module that reads or writes it.
+"""The run directory on disk and the record schema: the only module that reads or writes it.
 
 Layout (documented for users in ``docs/FORMAT.md``)::
 
@@ -14,6 +14,9 @@ fsynced before the next problem starts; trace bytes are fsynced before the line 
 them. A torn last line (a crash mid-write) is detected on read (no trailing newline, or invalid
 JSON) and dropped; :meth:`RunDir.open` truncates it so that appends continue on a clean line.
 Trace bytes with no record pointing at them are never read.
+
+The schema of a record (one finished problem, with one object per refinement step) is built here,
+by :func:`problem_record` and :func:`step_record`, next to the trace layout (:func:`trace_dtype`).
 """
 
 from __future__ import annotations
@@ -24,14 +27,20 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import RunDirError
+
+if TYPE_CHECKING:
+    from .generation.outputs import SequenceResult
+    from .refinement import RefineResult, StepResult
+    from .tasks import Problem
+    from .tasks.grading import Grade
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
@@ -51,10 +60,6 @@ def trace_dtype(n_columns: int, n_alt: int) -> np.dtype:
     if n_alt:
         fields += [("alt_ids", "<i4", (n_alt,)), ("alt_logprobs", "<f2", (n_alt,))]
     return np.dtype(fields)
-
-
-def trace_bytes_per_token(n_columns: int, n_alt: int) -> int:
-    return trace_dtype(n_columns, n_alt).itemsize
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,45 @@ def pack_trace(columns: tuple[str, ...], values: np.ndarray, segments: np.ndarra
         arr["alt_ids"] = alt_ids[:n]
         arr["alt_logprobs"] = alt_logprobs[:n]
     return arr
+
+
+def step_trace(generation: SequenceResult, columns: tuple[str, ...]) -> np.ndarray | None:
+    """One step's trace packed for :meth:`RunDir.append_trace`, None when it kept no trace."""
+    if generation.trace is None:
+        return None
+    return pack_trace(columns, generation.trace, generation.segments, generation.token_ids, generation.alt_ids,
+                      generation.alt_logprobs)
+
+
+# --------------------------------------------------------------------------------------------
+# The record schema (docs/FORMAT.md)
+
+
+def step_record(step: StepResult, grade: Grade, trace: TraceRef | None) -> dict:
+    """The JSON object of one refinement step: ``step``, its ``grade`` and where its trace is."""
+    gen, reuse = step.generation, step.reuse
+    return {
+        "step": step.step, "seed": step.seed, "text": gen.text, "answer_text": step.answer_text,
+        "answer": grade.answer, "correct": grade.correct, "grade_reason": grade.reason,
+        "n_generated": gen.n_generated, "prompt_tokens": gen.prompt_tokens,
+        "prefilled_tokens": reuse.prefilled, "reused_tokens": reuse.reused, "cache": reuse.mode,
+        "stop_reason": gen.stop_reason, "wall_time_s": round(step.wall_time_s, 4),
+        "prefill_time_s": round(step.prefill_time_s, 4),
+        "signals": gen.means, "counts": gen.counts, "n_invalid": gen.n_invalid,
+        "trace": trace.to_json() if trace is not None else None,
+    }
+
+
+def problem_record(result: RefineResult, steps: Sequence[dict], *, problem: Problem, index: int, task: str,
+                   config_hash: str, model: str, model_revision: str, family: str, policy: str) -> dict:
+    """The JSON record of one finished problem: the refinement ``result`` with its ``steps``
+    (from :func:`step_record`), the problem, and the run it belongs to."""
+    return {
+        "schema": SCHEMA_VERSION, "config_hash": config_hash, "problem_id": problem.id, "index": index,
+        "task": task, "gold": problem.gold, "model": model, "model_revision": model_revision, "family": family,
+        "prompt_hash": result.prompt_hash, "policy": policy, "n_steps": len(result.steps), "steps": list(steps),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,9 +359,3 @@ def load_environment(run_dir: str | Path) -> dict:
     """The ``environment.json`` of a run (empty if the run has none yet)."""
     path = Path(run_dir) / ENVIRONMENT
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def iter_steps(records: list[dict]) -> Iterator[tuple[dict, dict]]:
-    for rec in records:
-        for step in rec["steps"]:
-            yield rec, step

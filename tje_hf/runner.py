@@ -1,11 +1,12 @@
 """The runner: a model over a task with the refinement loop, into a crash-safe run directory.
 
 ``run(cfg)`` loads the task and the model, skips the problems the run directory already holds,
-runs the rest in batches through :func:`tje_hf.refinement.refine`, grades every step, and appends one
-record per finished problem (``tje_hf.records`` owns the format). Running the same config again
-continues where it stopped; a different config in the same directory is an error unless told to
-start over. With ``shard=(i, n)`` the process runs every n-th problem into its own records shard
-(data parallel over GPUs: one process per GPU); :func:`merge_shards` joins them.
+runs the rest in batches through :func:`tje_hf.refinement.refine` on the model's backend, grades
+every step, and appends one record per finished problem (``tje_hf.records`` owns the format).
+Running the same config again continues where it stopped; a different config in the same
+directory is an error unless told to start over. With ``shard=(i, n)`` the process runs every
+n-th problem into its own records shard (data parallel over GPUs: one process per GPU);
+:func:`merge_shards` joins them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .columns import signal_columns
 from .config import RunConfig, config_hash, to_dict
-from .generation.hf import PromptTooLongError
+from .errors import PromptTooLongError
 from .models.families import make_family
-from .models.loading import LoadedModel, load_model
-from .records import RunDir, environment_info, load_config, pack_trace, read_records
-from .refinement import RefineResult, StepResult, refine
+from .models.loading import LoadedModel, load_backend
+from .records import (
+    RunDir,
+    environment_info,
+    load_config,
+    problem_record,
+    read_records,
+    step_record,
+    step_trace,
+)
+from .refinement import RefineResult, refine
 from .tasks import Problem, Task, load_task
 
 log = logging.getLogger(__name__)
@@ -69,35 +79,18 @@ def _messages(cfg: RunConfig, problem: Problem) -> list[dict]:
     return msgs
 
 
-def _step_record(step: StepResult, problem: Problem, task: Task, run: RunDir, columns: tuple[str, ...] | None,
-                 trace: bool) -> dict:
-    grade = task.grade(problem, step.answer_text)
-    ref = None
-    if trace and step.trace is not None:
-        arr = pack_trace(columns, step.trace, step.segments, step.token_ids, step.alt_ids, step.alt_logprobs)
-        ref = run.append_trace(arr, columns).to_json()
-    return {
-        "step": step.step, "seed": step.seed, "text": step.text, "answer_text": step.answer_text,
-        "answer": grade.answer, "correct": grade.correct, "grade_reason": grade.reason,
-        "n_generated": step.n_generated, "prompt_tokens": step.prompt_tokens,
-        "prefilled_tokens": step.prefilled_tokens, "reused_tokens": step.reused_tokens, "cache": step.cache,
-        "stop_reason": step.stop_reason, "wall_time_s": round(step.wall_time_s, 4),
-        "prefill_time_s": round(step.prefill_time_s, 4),
-        "signals": step.signals, "counts": step.counts, "n_invalid": step.n_invalid, "trace": ref,
-    }
-
-
-def problem_record(cfg: RunConfig, chash: str, lm: LoadedModel, task: Task, problem: Problem, index: int,
-                   result: RefineResult, run: RunDir, columns: tuple[str, ...]) -> dict:
-    """The JSON record of one finished problem (format: docs/FORMAT.md)."""
-    trace = cfg.decode.signals.trace
-    return {
-        "schema": 1, "config_hash": chash, "problem_id": problem.id, "index": index, "task": task.name,
-        "gold": problem.gold, "model": cfg.model.name_or_path, "model_revision": lm.revision, "family": lm.family,
-        "prompt_hash": result.prompt_hash, "policy": cfg.refine.policy, "n_steps": len(result.steps),
-        "steps": [_step_record(s, problem, task, run, columns, trace) for s in result.steps],
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+def _record(cfg: RunConfig, chash: str, lm: LoadedModel, task: Task, problem: Problem, index: int,
+            result: RefineResult, run: RunDir, columns: tuple[str, ...]) -> dict:
+    """Grade every step of ``result``, append the traces, and build the problem's record."""
+    steps = []
+    for step in result.steps:
+        grade = task.grade(problem, step.answer_text)
+        trace = step_trace(step.generation, columns) if cfg.decode.signals.trace else None
+        ref = run.append_trace(trace, columns) if trace is not None else None
+        steps.append(step_record(step, grade, ref))
+    return problem_record(result, steps, problem=problem, index=index, task=task.name, config_hash=chash,
+                          model=cfg.model.name_or_path, model_revision=lm.revision, family=lm.family,
+                          policy=cfg.refine.policy)
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: LoadedModel | None = None,
@@ -132,21 +125,11 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
         # The memory check before loading sizes the KV cache for this run's batch and for the
         # longest conversation it can build (a prompt allowance plus every step's tokens).
         context = 2048 + cfg.refine.steps * cfg.decode.max_new_tokens
-        if lm is None and cfg.backend == "vllm":
-            from .models.loading import load_vllm_model
-
-            lm = load_vllm_model(cfg.model)
-        lm = lm or load_model(cfg.model, device=device, batch_size=cfg.batch_size, context_tokens=context)
-        engine = getattr(lm.model, "is_serving_engine", False)
+        lm = lm or load_backend(cfg.model, cfg.backend, device=device, batch_size=cfg.batch_size,
+                                context_tokens=context)
         env = environment_info({
             "model_revision": lm.revision, "model_source": lm.source, "family": lm.family, "backend": cfg.backend,
-            "model_class": type(lm.model).__name__,
-            "model_dtype": None if engine else str(next(lm.model.parameters()).dtype),
-            "model_device": None if engine else str(lm.model.device),
-            # the effective generation config: checkpoints may ship penalties or EOS ids
-            "model_generation_config": None if engine else lm.model.generation_config.to_dict(),
-            "engine_args": lm.model.engine_args if engine else None,
-            "task_source": task.source, "n_problems": len(task.problems)})
+            **lm.backend.describe(), "task_source": task.source, "n_problems": len(task.problems)})
         if shard is None:
             run_dir.write_environment(env)
         elif shard[0] == 0:
@@ -161,8 +144,6 @@ def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> N
     from tqdm.auto import tqdm
 
     family = make_family(lm.family, cfg.model.reasoning_effort, cfg.model.template_date)
-    from .columns import signal_columns
-
     columns = signal_columns(cfg.decode.signals.ks)
     steps = cfg.refine.steps
     # The bar counts problems, advancing by a fraction at each refinement step of a batch, so that
@@ -184,14 +165,14 @@ def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> N
             batch_size = len(batch)
             start_n = bar.n
             try:
-                results = refine(lm.model, lm.tokenizer, family, [_messages(cfg, p) for _, p in batch],
+                results = refine(lm.backend, family, [_messages(cfg, p) for _, p in batch],
                                  [p.id for _, p in batch], cfg.refine, cfg.decode, run_seed=cfg.seed,
                                  on_step=on_step)
             except PromptTooLongError as exc:
                 ids = ", ".join(p.id for _, p in batch)
                 raise PromptTooLongError(f"problems {ids}: {exc}") from None
             for (index, problem), result in zip(batch, results, strict=True):
-                record = problem_record(cfg, chash, lm, task, problem, index, result, run_dir, columns)
+                record = _record(cfg, chash, lm, task, problem, index, result, run_dir, columns)
                 run_dir.append(record)
                 if on_problem is not None:
                     on_problem(record)

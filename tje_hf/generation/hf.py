@@ -1,18 +1,22 @@
-"""``generate_with_entropy``: one ``model.generate`` call with the signal tracker attached.
+"""The Hugging Face Transformers backend: one ``model.generate`` call with the signal tracker attached.
 
 This is the only module that calls ``model.generate``. It turns prompts into a left-padded
 batch, places the :class:`~tje_hf.generation.tracker.EntropyTracker` first in the processor chain, adds the
 stop rules and the per-row seeded sampler, runs ``generate`` once, and reads the tracker's device
 state back to the host once, after decoding.
+
+:func:`generate_with_entropy` is the public one-call entry point (strings, chat messages or token
+ids); :func:`generate_batch` runs a prepared batch; :class:`HfBackend` is the
+:class:`~tje_hf.generation.backend.Backend` the refinement loop drives, holding the KV cache of
+the previous step (``tje_hf.generation.kvcache``) between its calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,11 +29,22 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from ..columns import SEGMENTS
 from ..config import DecodeConfig
-from ..errors import PromptTooLongError
+from ..errors import PromptTooLongError  # noqa: F401 - re-exported where it was first defined
 from ..models.segments import GENERIC, SegmentRules
-from ..seeds import derive_seed
+from .kvcache import CachedPrefix, ReusePlan, new_cache, plan_reuse
+from .outputs import (  # GenerationOutput, SequenceResult, left_pad, pad_token_id: importable from here too
+    GenerationOutput,
+    ReuseStats,
+    SequenceResult,
+    check_prompts_fit,
+    end_of_turn_ids,
+    left_pad,
+    pad_token_id,
+    row_seeds,
+    sequence_result,
+    tokens_per_second,
+)
 from .sampling import SeededSampler
 from .tracker import (
     STOP_REASONS,
@@ -38,48 +53,9 @@ from .tracker import (
     WindowMeanStop,
 )
 
+__all__ = ["HfBackend", "encode_prompts", "generate_batch", "generate_with_entropy"]
+
 Prompt = str | Sequence[dict] | Sequence[int]
-
-
-
-@dataclass
-class SequenceResult:
-    """One generated sequence.
-
-    ``means[segment][column]`` is the mean of a signal over the segment's tokens (segments
-    ``all``, ``reasoning``, ``answer``; columns as :func:`tje_hf.generation.tracker.signal_columns`, e.g.
-    ``topk_entropy@20`` in bits). NaN where a segment has no token. ``trace`` is ``(n, S)``
-    float32 per generated token, ``segments`` ``(n,)`` int8 (0 reasoning, 1 answer, 2 header),
-    ``alt_ids``/``alt_logprobs`` ``(n, a)`` the top-a alternatives, when asked.
-    """
-
-    token_ids: list[int]
-    text: str
-    n_generated: int
-    stop_reason: str
-    means: dict[str, dict[str, float]]
-    counts: dict[str, int]
-    prompt_tokens: int
-    n_invalid: int = 0
-    trace: np.ndarray | None = None
-    segments: np.ndarray | None = None
-    alt_ids: np.ndarray | None = None
-    alt_logprobs: np.ndarray | None = None
-
-
-@dataclass
-class GenerationOutput:
-    """What one ``generate_with_entropy`` call returns."""
-
-    results: list[SequenceResult]
-    columns: tuple[str, ...]
-    wall_time_s: float
-    tokens_per_s: float
-    sequences: torch.Tensor  # (B, L + n) including left padding
-    prompt_length: int  # L, the padded prompt length
-    cache: Any = None  # the KV cache generate returns (holds L + n - 1 positions)
-    prefill_time_s: float = float("nan")  # until the first step's logits: prefill + first forward
-    extras: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,29 +87,14 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], template_kwargs: dict |
     return out
 
 
-def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, L)`` input ids and attention mask, left-padded to the longest prompt."""
-    L = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), L), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, L - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[row, L - len(ids):] = 1
-    return input_ids.to(device), mask.to(device)
-
-
 # --------------------------------------------------------------------------------------------
 # Transformers plumbing
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a generation: the model's generation config and the tokenizer's EOS."""
-    ids: list[int] = []
-    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if source is None:
-            continue
-        ids.extend([source] if isinstance(source, int) else list(source))
-    return sorted({int(i) for i in ids})
+def eos_token_ids(model, tokenizer) -> tuple[int, ...]:
+    """Every id that ends a generation: the model's generation config's and the tokenizer's EOS
+    (:func:`~tje_hf.generation.outputs.end_of_turn_ids`)."""
+    return end_of_turn_ids(model.generation_config.eos_token_id, tokenizer)
 
 
 def cache_kwarg(model) -> str:
@@ -260,13 +221,6 @@ def generate_with_entropy(
                           logits_processor=logits_processor)
 
 
-def pad_token_id(tokenizer) -> int:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
-    return int(pad_id)
-
-
 def generate_batch(
     model,
     tokenizer,
@@ -288,46 +242,27 @@ def generate_batch(
     """
     device = model.device
     B, L = input_ids.shape
-    if cache is not None and not 0 <= cache.get_seq_length() < L:
-        raise ValueError(f"the cache holds {cache.get_seq_length()} positions; it must hold fewer than the "
+    held = cache.get_seq_length() if cache is not None else 0
+    if cache is not None and not 0 <= held < L:
+        raise ValueError(f"the cache holds {held} positions; it must hold fewer than the "
                          f"{L} input positions (generate would silently recompute on top of it)")
     prompt_lengths = attention_mask.sum(-1).tolist()
     context = getattr(model.config, "max_position_embeddings", None)
+    check_prompts_fit(prompt_lengths, context)
     longest = max(prompt_lengths)
-    if context is not None and longest >= context:
-        raise PromptTooLongError(f"prompt of {longest} tokens does not fit the model's context of {context} tokens")
     max_new = config.max_new_tokens
     if context is not None and longest + max_new > context:
         max_new = context - longest  # the context, not max_new_tokens, is the binding limit
-    if seeds is None:
-        seeds = [derive_seed(config.seed, row) for row in range(B)]
-    if len(seeds) != B:
-        raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
+    seeds = row_seeds(seeds, config, B)
 
     sig = config.signals
     tracker = EntropyTracker(B, max_new, sig.ks, eos_token_ids(model, tokenizer), device,
                              segment_rules=segment_rules, trace=sig.trace,
                              trace_alternatives=sig.trace_alternatives, full_vocab=sig.full_vocab)
-    processors = LogitsProcessorList(list(logits_processor))
-    if config.temperature > 0:
-        processors.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k > 0:
-            processors.append(TopKLogitsWarper(config.top_k))
-        if config.top_p < 1.0:
-            processors.append(TopPLogitsWarper(config.top_p))
-        processors.append(SeededSampler(torch.tensor(seeds, dtype=torch.long, device=device)))
-    criteria = StoppingCriteriaList()
-    ws = config.window_stop
-    if ws is not None:
-        criteria.append(WindowMeanStop(tracker, ws.column, ws.threshold, ws.window, ws.min_tokens, ws.direction))
-    budget = token_budget if token_budget is not None else config.token_budget
-    if budget is not None:
-        criteria.append(TokenBudgetStop(tracker, torch.as_tensor(budget, device=device)))
-
+    processors = _processors(config, seeds, device, logits_processor)
+    criteria = _criteria(config, tracker, token_budget, device)
     gen_config = build_generation_config(model, config, max_new, pad_token_id(tokenizer))
-    kwargs = {}
-    if cache is not None:
-        kwargs[cache_kwarg(model)] = cache
+    kwargs = {cache_kwarg(model): cache} if cache is not None else {}
     sync_device(device)
     start = time.perf_counter()
     tracker.start_clock()
@@ -338,11 +273,40 @@ def generate_batch(
     sync_device(device)
     wall = time.perf_counter() - start
     results = _collect(tracker, tokenizer, out.sequences, L, prompt_lengths)
-    total = sum(r.n_generated for r in results)
+    reused = attention_mask[:, :held].sum(-1).tolist()
+    reuse = [ReuseStats("reused" if held else "none", int(r), int(n - r), int(r))
+             for r, n in zip(reused, prompt_lengths, strict=True)]
     return GenerationOutput(results=results, columns=tracker.columns, wall_time_s=wall,
-                            tokens_per_s=total / wall if wall > 0 else float("nan"),
+                            tokens_per_s=tokens_per_second(results, wall),
                             sequences=out.sequences, prompt_length=L, cache=output_cache(out),
-                            prefill_time_s=tracker.prefill_seconds())
+                            prefill_time_s=tracker.prefill_seconds(), reuse=reuse)
+
+
+def _processors(config: DecodeConfig, seeds: Sequence[int], device, extra: Sequence) -> LogitsProcessorList:
+    """The caller's processors, then (when sampling) temperature, top-k, top-p and the per-row
+    seeded sampler. ``generate`` itself runs greedy: with the sampler last, its argmax is the sample."""
+    processors = LogitsProcessorList(list(extra))
+    if config.temperature > 0:
+        processors.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k > 0:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1.0:
+            processors.append(TopPLogitsWarper(config.top_p))
+        processors.append(SeededSampler(torch.tensor(seeds, dtype=torch.long, device=device)))
+    return processors
+
+
+def _criteria(config: DecodeConfig, tracker: EntropyTracker, token_budget: Sequence[int] | None,
+              device) -> StoppingCriteriaList:
+    """The in-step stop rules: the window-mean stop and the per-row token budget."""
+    criteria = StoppingCriteriaList()
+    ws = config.window_stop
+    if ws is not None:
+        criteria.append(WindowMeanStop(tracker, ws.column, ws.threshold, ws.window, ws.min_tokens, ws.direction))
+    budget = token_budget if token_budget is not None else config.token_budget
+    if budget is not None:
+        criteria.append(TokenBudgetStop(tracker, torch.as_tensor(budget, device=device)))
+    return criteria
 
 
 def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int,
@@ -354,31 +318,109 @@ def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int
     codes = tracker.stop_code.cpu().tolist()
     invalid = tracker.n_invalid.cpu().tolist()
     gen = sequences[:, L:].cpu().tolist()
-    trace = tracker.trace.cpu().numpy() if tracker.trace is not None else None
-    segs = tracker.trace_segments.cpu().numpy() if tracker.trace_segments is not None else None
-    alt_ids = tracker.alt_ids.cpu().numpy() if tracker.alt_ids is not None else None
-    alt_lp = tracker.alt_logprobs.cpu().numpy() if tracker.alt_logprobs is not None else None
+    per_token = {name: (value.cpu().numpy() if value is not None else None) for name, value in (
+        ("trace", tracker.trace), ("segments", tracker.trace_segments), ("alt_ids", tracker.alt_ids),
+        ("alt_logprobs", tracker.alt_logprobs))}
     results = []
     for row in range(sequences.shape[0]):
         n = n_gen[row]
-        ids = gen[row][:n]
-        means = {}
-        for s, seg in enumerate(SEGMENTS):
-            c = counts[row, s]
-            means[seg] = {col: (float(sums[row, s, j] / c) if c > 0 else float("nan"))
-                          for j, col in enumerate(tracker.columns)}
-        results.append(SequenceResult(
-            token_ids=ids,
-            text=tokenizer.decode(ids, skip_special_tokens=True),
-            n_generated=n,
-            stop_reason=STOP_REASONS[codes[row]],
-            means=means,
-            counts={seg: int(counts[row, s]) for s, seg in enumerate(SEGMENTS)},
-            prompt_tokens=int(prompt_lengths[row]),
-            n_invalid=invalid[row],
-            trace=trace[row, :n].copy() if trace is not None else None,
-            segments=segs[row, :n].copy() if segs is not None else None,
-            alt_ids=alt_ids[row, :n].copy() if alt_ids is not None else None,
-            alt_logprobs=alt_lp[row, :n].copy() if alt_lp is not None else None,
-        ))
+        rows = {name: (arr[row, :n].copy() if arr is not None else None) for name, arr in per_token.items()}
+        results.append(sequence_result(gen[row][:n], tokenizer=tokenizer, stop_reason=STOP_REASONS[codes[row]],
+                                       sums=sums[row], counts=counts[row], columns=tracker.columns,
+                                       prompt_tokens=prompt_lengths[row], n_invalid=invalid[row], **rows))
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+
+
+class HfBackend:
+    """A Transformers causal LM and its tokenizer as a :class:`~tje_hf.generation.backend.Backend`.
+
+    :meth:`generate` runs :func:`generate_batch`. With ``reuse_cache`` it keeps the call's KV
+    cache as a :class:`~tje_hf.generation.kvcache.CachedPrefix` (the cache and the token layout it
+    holds) together with the conversation of each of its rows; the next call's continuing rows
+    are planned against it with :func:`~tje_hf.generation.kvcache.plan_reuse`, which cuts the
+    cache back to each row's common prefix so that only the rest is prefilled.
+    """
+
+    name: ClassVar[str] = "hf"
+    manages_prefix_cache: ClassVar[bool] = False
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self._prefix: CachedPrefix | None = None
+        self._prefix_rows: list[Hashable] = []  # the conversation of each row of _prefix
+
+    @property
+    def pad_token_id(self) -> int:
+        return pad_token_id(self.tokenizer)
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return eos_token_ids(self.model, self.tokenizer)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        decode: DecodeConfig,
+        *,
+        seeds: Sequence[int] | None = None,
+        segment_rules: SegmentRules = GENERIC,
+        token_budget: Sequence[int] | None = None,
+        conversation_ids: Sequence[Hashable] | None = None,
+        reuse_cache: bool = False,
+    ) -> GenerationOutput:
+        """See :meth:`tje_hf.generation.backend.Backend.generate`. ``reuse`` modes: ``none``
+        (nothing held for the row's conversation, or ``reuse_cache`` off), ``reused`` (the cache
+        cut back to the common prefix), ``fresh`` (a needed state was gone: a full prefill)."""
+        batch = [[int(t) for t in p] for p in prompts]
+        if not batch or not all(batch):
+            raise ValueError("HfBackend.generate: no prompts, or an empty one")
+        keys = list(conversation_ids) if conversation_ids is not None else list(range(len(batch)))
+        if len(keys) != len(batch):
+            raise ValueError(f"{len(keys)} conversation ids for {len(batch)} prompts")
+        plan = self._plan(batch, keys, reuse_cache)
+        cache = plan.cache
+        if reuse_cache and cache is None:
+            cache = new_cache(self.model)  # sliding-window layers record their past, for the next cut
+        out = generate_batch(self.model, self.tokenizer, plan.input_ids, plan.attention_mask, decode, seeds=seeds,
+                             segment_rules=segment_rules, cache=cache, token_budget=token_budget)
+        out.reuse = [ReuseStats(plan.mode, r, p, c)
+                     for r, p, c in zip(plan.reused, plan.prefilled, plan.common_prefix, strict=True)]
+        if reuse_cache:
+            self._prefix = CachedPrefix.after_generate(out.cache, out.sequences, plan.attention_mask,
+                                                       [r.n_generated for r in out.results])
+            self._prefix_rows = keys
+        else:
+            self.drop_cache()  # what it held no longer follows the conversations
+        return out
+
+    def _plan(self, batch: list[list[int]], keys: list[Hashable], reuse_cache: bool) -> ReusePlan:
+        device = self.model.device
+        held = self._prefix is not None and all(k in self._prefix_rows for k in keys)
+        if not (reuse_cache and held):
+            return plan_reuse(None, batch, self.pad_token_id, device)
+        rows = [self._prefix_rows.index(k) for k in keys]
+        prefix, self._prefix = self._prefix, None  # consumed: plan_reuse rebuilds its cache
+        return plan_reuse(prefix, batch, self.pad_token_id, device, rows=rows)
+
+    def drop_cache(self) -> None:
+        self._prefix = None
+        self._prefix_rows = []
+
+    def describe(self) -> dict:
+        return {
+            "model_class": type(self.model).__name__,
+            "model_dtype": str(next(self.model.parameters()).dtype),
+            "model_device": str(self.model.device),
+            # the effective generation config: checkpoints may ship penalties or EOS ids
+            "model_generation_config": self.model.generation_config.to_dict(),
+            "engine_args": None,
+        }

@@ -25,7 +25,6 @@ Sliding-window layers must have recorded their past (``activate_past_recording``
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,8 @@ try:  # the cache classes moved between releases; 5.x keeps them here
 except ImportError:  # pragma: no cover - very old transformers
     from transformers import Cache, DynamicCache
 
+from .outputs import left_pad
+
 
 def new_cache(model) -> Cache:
     """An empty dynamic cache for ``model`` whose sliding-window layers keep their past, so that
@@ -43,12 +44,6 @@ def new_cache(model) -> Cache:
     if hasattr(cache, "activate_past_recording"):
         cache.activate_past_recording()
     return cache
-
-
-def fork(cache: Cache) -> Cache:
-    """An independent copy: ``generate`` extends the cache it is given in place, so branching two
-    continuations from one prefix needs one copy per branch."""
-    return copy.deepcopy(cache)
 
 
 @dataclass
@@ -110,16 +105,6 @@ def longest_common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def _left_pad(rows: list[list[int]], T: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, row in enumerate(rows):
-        if row:
-            ids[b, T - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[b, T - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def plan_reuse(prefix: CachedPrefix | None, new: list[list[int]], pad_id: int, device,
                rows: list[int] | None = None) -> ReusePlan:
     """Plan the next step for prompts ``new`` (row ``b`` continues ``prefix`` row ``rows[b]``).
@@ -128,7 +113,7 @@ def plan_reuse(prefix: CachedPrefix | None, new: list[list[int]], pad_id: int, d
     plain prefill with no cache.
     """
     T = max(len(x) for x in new)
-    ids, mask = _left_pad(new, T, pad_id, device)
+    ids, mask = left_pad(new, pad_id, device, width=T)
     if prefix is None:
         return ReusePlan(ids, mask, None, [0] * len(new), [len(x) for x in new], [0] * len(new), "none")
     rows = list(range(len(new))) if rows is None else rows

@@ -1,4 +1,5 @@
-"""The vLLM backend: ``VllmBackend.generate`` returns the HF path's result types from a vLLM engine.
+"""The vLLM backend: :class:`VllmBackend` is a :class:`~tje_hf.generation.backend.Backend` on a vLLM
+engine, returning the shared result types of :mod:`tje_hf.generation.outputs`.
 
 vLLM returns, per generated token, the full-vocabulary log-probabilities of its top-``n`` tokens
 (``SamplingParams(logprobs=n)``) computed from the model's **raw** logits when the engine runs with
@@ -33,11 +34,10 @@ imports without vLLM installed. Its CPU build, the tests and the install are des
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,8 +45,19 @@ import torch
 from ..columns import SEGMENTS, signal_columns
 from ..config import DecodeConfig
 from ..models.segments import ANSWER, GENERIC, REASONING, SegmentRules, segment_labels
-from ..seeds import derive_seed
-from .hf import GenerationOutput, PromptTooLongError, SequenceResult
+from .outputs import (
+    GenerationOutput,
+    ReuseStats,
+    SequenceResult,
+    check_prompts_fit,
+    end_of_turn_ids,
+    left_pad,
+    means_from_sums,
+    pad_token_id,
+    row_seeds,
+    sequence_result,
+    tokens_per_second,
+)
 from .signals import deepconf_from_top_logprobs, topk_entropies_from_sorted
 
 #: Columns that need the full vocabulary, which vLLM's top-n log-probabilities do not give.
@@ -58,7 +69,7 @@ _FINISH_REASONS = {"stop": "eos", "length": "max_new_tokens"}
 
 
 class VllmBackend:
-    """A vLLM engine for one model, generating with the HF path's result types.
+    """A vLLM engine for one model, as a :class:`~tje_hf.generation.backend.Backend`.
 
     Args:
         model_path: a local model directory (or a Hub id where the Hub is reachable), as for
@@ -71,10 +82,13 @@ class VllmBackend:
             prompt (the previous conversation) shares its prefix with the previous step's prompt
             and output, so the engine reuses those KV blocks without any code here; the number of
             prompt tokens served from the cache is reported per row in
-            ``extras["cached_prompt_tokens"]``. This replaces the HF path's explicit ``cache``.
+            ``extras["cached_prompt_tokens"]`` and ``GenerationOutput.reuse``. This replaces the
+            HF backend's explicit cache.
         seed: the engine's global seed (per-request sampling seeds are given to :meth:`generate`).
         num_logprobs: log-probabilities returned per token (``SamplingParams.logprobs``): at least
             20 (DeepConf's k) and at least every k of ``decode.signals.ks``.
+        tokenizer: the Transformers tokenizer for chat templates and decoding (default: the
+            engine's own, ``LLM.get_tokenizer()``).
         **engine_kwargs: passed to ``vllm.LLM`` unchanged (e.g. ``skip_tokenizer_init=True``,
             ``enforce_eager=True``, ``gpu_memory_utilization``, ``block_size``).
 
@@ -82,8 +96,9 @@ class VllmBackend:
     ``logprobs_mode`` is always ``"raw_logprobs"``; ``max_logprobs`` defaults to ``num_logprobs``.
     """
 
-    #: ``tje_hf.refinement`` hands whole prompts to a serving engine and lets it reuse prefixes itself.
-    is_serving_engine = True
+    name: ClassVar[str] = "vllm"
+    #: The engine reuses prompt prefixes by itself: the refinement loop hands it whole prompts.
+    manages_prefix_cache: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -95,6 +110,7 @@ class VllmBackend:
         enable_prefix_caching: bool = True,
         seed: int = 0,
         num_logprobs: int = 20,
+        tokenizer: Any = None,
         **engine_kwargs: Any,
     ):
         if num_logprobs < DEEPCONF_K:
@@ -122,9 +138,12 @@ class VllmBackend:
             **engine_kwargs,
         )
         self._llm = None
-        self._tokenizer = None
+        self._given_tokenizer = tokenizer
+        self._tokenizer = tokenizer
+        self._eos: tuple[int, ...] | None = None
+        self._seen: set[Hashable] = set()  # conversations generated for since drop_cache()
 
-    # -- engine --------------------------------------------------------------------------------
+    # -- engine and model facts ----------------------------------------------------------------
 
     @property
     def llm(self):
@@ -145,24 +164,61 @@ class VllmBackend:
 
     @property
     def tokenizer(self):
-        """The engine's tokenizer, or None with ``skip_tokenizer_init=True``."""
+        """The tokenizer given to the constructor (or set here), else the engine's; None with
+        ``skip_tokenizer_init=True`` and none given."""
         if self._tokenizer is None and self.has_tokenizer:
             self._tokenizer = self.llm.get_tokenizer()
         return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        self._given_tokenizer = self._tokenizer = tokenizer
+        self._eos = None
 
     @property
     def max_model_len(self) -> int:
         """The engine's context length in tokens (prompt plus generated)."""
         return int(self.llm.llm_engine.model_config.max_model_len)
 
+    @property
+    def context_length(self) -> int:
+        return self.max_model_len
+
+    @property
     def pad_token_id(self) -> int:
         """The id that pads ``GenerationOutput.sequences``: the tokenizer's pad, else its EOS, else
         the model config's ``pad_token_id`` / first ``eos_token_id``, else 0."""
-        tok = self.tokenizer
-        if tok is not None:
-            for value in (tok.pad_token_id, tok.eos_token_id):
-                if value is not None:
-                    return int(value)
+        return pad_token_id(self.tokenizer, fallback=self._config_pad_id())
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The generation config's EOS ids and the tokenizer's EOS, as on the HF backend (the
+        engine stops on the same ids: it reads ``generation_config.json`` too)."""
+        if self._eos is None:
+            self._eos = end_of_turn_ids(self._generation_eos(), self.tokenizer)
+        return self._eos
+
+    def _hub_kwargs(self) -> dict:
+        kwargs = {"trust_remote_code": bool(self.engine_args.get("trust_remote_code", False))}
+        if self.engine_args.get("revision"):
+            kwargs["revision"] = self.engine_args["revision"]
+        return kwargs
+
+    def _generation_eos(self) -> int | list[int] | None:
+        """``eos_token_id`` of the model's generation config, as Transformers builds it: from
+        ``generation_config.json``, else from the model config."""
+        from transformers import AutoConfig, GenerationConfig
+
+        try:
+            return GenerationConfig.from_pretrained(self.model_path, **self._hub_kwargs()).eos_token_id
+        except OSError:
+            pass
+        try:
+            return getattr(AutoConfig.from_pretrained(self.model_path, **self._hub_kwargs()), "eos_token_id", None)
+        except (OSError, ValueError):
+            return None
+
+    def _config_pad_id(self) -> int:
         config_file = Path(self.model_path) / "config.json"
         if config_file.is_file():
             cfg = json.loads(config_file.read_text())
@@ -174,6 +230,14 @@ class VllmBackend:
                     return value
         return 0
 
+    def describe(self) -> dict:
+        return {"model_class": type(self).__name__, "model_dtype": None, "model_device": None,
+                "model_generation_config": None, "engine_args": self.engine_args}
+
+    def drop_cache(self) -> None:
+        """Forget the conversations (the engine's prefix cache manages its own blocks)."""
+        self._seen.clear()
+
     def shutdown(self) -> None:
         """Stop the engine's background processes (if any) and drop the engine."""
         if self._llm is not None:
@@ -181,7 +245,7 @@ class VllmBackend:
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
         self._llm = None
-        self._tokenizer = None
+        self._tokenizer = self._given_tokenizer
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -189,7 +253,7 @@ class VllmBackend:
         """The ``vllm.SamplingParams`` of one row: ``decode``'s settings, the row's seed, the
         row's token limit, ``logprobs=num_logprobs`` in vLLM's flat format (a constant number of
         Python objects per request instead of a dict per token), and no detokenisation (text is
-        decoded here with the tokenizer, as the HF path does)."""
+        decoded here with the tokenizer, as the HF backend does)."""
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -214,6 +278,9 @@ class VllmBackend:
         segment_rules: SegmentRules = GENERIC,
         detokenize: bool | None = None,
         token_budget: Sequence[int] | int | None = None,
+        *,
+        conversation_ids: Sequence[Hashable] | None = None,
+        reuse_cache: bool = False,
     ) -> GenerationOutput:
         """Generate for a batch of tokenized prompts and measure the signals of every generated token.
 
@@ -226,7 +293,7 @@ class VllmBackend:
                 raises ValueError.
             seeds: one sampling seed per prompt (vLLM's per-request seed); default
                 ``derive_seed(decode.seed, row)``. A row's tokens depend on its seed, not on the
-                rest of the batch. The same seed does **not** give the HF path's sample: the two
+                rest of the batch. The same seed does **not** give the HF backend's sample: the two
                 engines draw differently.
             segment_rules: where reasoning ends and the answer begins (``tje_hf.models.families``).
             detokenize: fill ``SequenceResult.text`` (``tokenizer.decode(ids,
@@ -234,28 +301,67 @@ class VllmBackend:
                 ``skip_tokenizer_init=True`` raises ValueError.
             token_budget: per-row (or one) token limit below ``max_new_tokens``; a row that hits
                 it stops with ``"token_budget"`` (default ``decode.token_budget``).
+            conversation_ids: the conversation of each row; a row whose conversation was seen
+                since :meth:`drop_cache` reports ``reuse`` mode ``prefix-cache``, others ``none``.
+            reuse_cache: ignored: the engine's prefix caching reuses prefixes by itself
+                (``manages_prefix_cache``).
 
         Returns:
-            A :class:`~tje_hf.generation.hf.GenerationOutput` with one
-            :class:`~tje_hf.generation.hf.SequenceResult` per prompt, in order. ``means[segment][column]``
+            A :class:`~tje_hf.generation.outputs.GenerationOutput` with one
+            :class:`~tje_hf.generation.outputs.SequenceResult` per prompt, in order. ``means[segment][column]``
             averages each column over the segment's generated tokens (``all``: every generated
             token, the EOS included; ``reasoning`` / ``answer``: tokens of that class), NaN for an
             empty segment and for the unavailable columns; ``trace`` ``(n, S)`` float32 and
             ``segments`` ``(n,)`` int8 when ``decode.signals.trace``; ``alt_ids`` ``(n, a)`` int32
             / ``alt_logprobs`` ``(n, a)`` float16 (nats) with ``trace_alternatives = a``.
             ``sequences`` is ``(B, L + n_max)``: prompts left-padded to ``L``, generations
-            right-padded, with :meth:`pad_token_id`. ``cache`` is None (vLLM's prefix cache is
-            internal). ``extras``: ``backend``, ``unavailable_signals``, ``num_logprobs``,
+            right-padded, with :attr:`pad_token_id`. ``cache`` is None (vLLM's prefix cache is
+            internal). ``reuse[row]``: the prompt tokens served from the prefix cache.
+            ``extras``: ``backend``, ``unavailable_signals``, ``num_logprobs``,
             ``cached_prompt_tokens`` (per row, from the prefix cache), ``finish_reasons`` (vLLM's).
         """
         decode = decode or DecodeConfig()
-        prompts = [[int(t) for t in ids] for ids in prompt_token_ids]
-        if not prompts:
-            raise ValueError("VllmBackend.generate: no prompts")
-        for i, ids in enumerate(prompts):
-            if not ids:
-                raise ValueError(f"VllmBackend.generate: prompt {i} is empty")
-        B = len(prompts)
+        prompts = _token_prompts(prompt_token_ids)
+        n_alt = self._check_decode(decode)
+        seeds = row_seeds(seeds, decode, len(prompts))
+        if detokenize is None:
+            detokenize = self.has_tokenizer
+        if detokenize and not self.has_tokenizer:
+            raise ValueError("detokenize = True, but the engine was built with skip_tokenizer_init=True")
+        budget = token_budget if token_budget is not None else decode.token_budget
+        budgets = self._row_budgets(budget, len(prompts))
+        context = self.max_model_len
+        check_prompts_fit([len(ids) for ids in prompts], context, owner="engine")
+        limits = [min(decode.max_new_tokens, budgets[row], context - len(ids)) for row, ids in enumerate(prompts)]
+        params = [self.sampling_params(decode, seed, limit) for seed, limit in zip(seeds, limits, strict=True)]
+
+        from vllm.inputs import TokensPrompt
+
+        llm = self.llm
+        start = time.perf_counter()
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        wall = time.perf_counter() - start
+
+        columns = signal_columns(tuple(decode.signals.ks))
+        tokenizer = self.tokenizer if detokenize else None
+        results = [self._result(row, request, prompts[row], decode, budgets[row], columns, segment_rules,
+                                n_alt, tokenizer) for row, request in enumerate(outputs)]
+        cached = [getattr(request, "num_cached_tokens", None) for request in outputs]
+        sequences, L = _pack(prompts, [r.token_ids for r in results], self.pad_token_id)
+        extras = {
+            "backend": "vllm",
+            "unavailable_signals": list(UNAVAILABLE_SIGNALS),
+            "num_logprobs": self.num_logprobs,
+            "cached_prompt_tokens": cached,
+            "finish_reasons": [request.outputs[0].finish_reason for request in outputs],
+        }
+        return GenerationOutput(results=results, columns=columns, wall_time_s=wall,
+                                tokens_per_s=tokens_per_second(results, wall), sequences=sequences,
+                                prompt_length=L, cache=None, extras=extras,
+                                reuse=self._reuse(prompts, cached, conversation_ids))
+
+    def _check_decode(self, decode: DecodeConfig) -> int:
+        """Refuse what the engine cannot measure or honour; the number of alternatives to keep."""
         sig = decode.signals
         ks = tuple(sig.ks)
         if max(ks) > self.num_logprobs:
@@ -268,83 +374,43 @@ class VllmBackend:
         if decode.window_stop is not None:
             raise ValueError(f"decode.window_stop = {decode.window_stop}: not supported by the vLLM "
                              "backend (it needs a per-step hook); use the HF backend or disable it")
-        if seeds is None:
-            seeds = [derive_seed(decode.seed, row) for row in range(B)]
-        if len(seeds) != B:
-            raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
-        if detokenize is None:
-            detokenize = self.has_tokenizer
-        if detokenize and not self.has_tokenizer:
-            raise ValueError("detokenize = True, but the engine was built with skip_tokenizer_init=True")
+        return n_alt
 
-        budget = token_budget if token_budget is not None else decode.token_budget
-        budgets = self._row_budgets(budget, B)
-        context = self.max_model_len
-        params = []
-        for row, ids in enumerate(prompts):
-            if len(ids) >= context:
-                raise PromptTooLongError(f"prompt {row} of {len(ids)} tokens does not fit the engine's "
-                                         f"context of {context} tokens")
-            limit = min(decode.max_new_tokens, budgets[row], context - len(ids))
-            params.append(self.sampling_params(decode, seeds[row], limit))
+    def _result(self, row: int, request, prompt: list[int], decode: DecodeConfig, budget: int,
+                columns: tuple[str, ...], segment_rules: SegmentRules, n_alt: int, tokenizer) -> SequenceResult:
+        """One row's result from vLLM's ``RequestOutput``."""
+        if len(request.outputs) != 1:
+            raise RuntimeError(f"vLLM returned {len(request.outputs)} completions for prompt {row}; expected 1")
+        completion = request.outputs[0]
+        ids = [int(t) for t in completion.token_ids]
+        if completion.logprobs is None or len(completion.logprobs) != len(ids):
+            got = None if completion.logprobs is None else len(completion.logprobs)
+            raise RuntimeError(f"vLLM returned {got} logprob entries for {len(ids)} tokens of prompt {row}")
+        ks = tuple(decode.signals.ks)
+        values, alt_ids, alt_lp = token_signals(completion.logprobs, ids, ks, self.num_logprobs, n_alt)
+        labels = np.asarray(segment_labels(segment_rules, ids), dtype=np.int8)
+        sums, counts, n_invalid = segment_sums(values, labels)
+        trace = decode.signals.trace
+        return sequence_result(ids, tokenizer=tokenizer, stop_reason=_stop_reason(completion, row, budget, decode),
+                               sums=sums, counts=counts, columns=columns, prompt_tokens=len(prompt),
+                               n_invalid=n_invalid, trace=values if trace else None,
+                               segments=labels if trace else None, alt_ids=alt_ids if n_alt else None,
+                               alt_logprobs=alt_lp if n_alt else None)
 
-        from vllm.inputs import TokensPrompt
-
-        llm = self.llm
-        start = time.perf_counter()
-        outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
-        wall = time.perf_counter() - start
-
-        columns = signal_columns(ks)
-        tokenizer = self.tokenizer if detokenize else None
-        results, finish, cached = [], [], []
-        for row, request in enumerate(outputs):
-            if len(request.outputs) != 1:
-                raise RuntimeError(f"vLLM returned {len(request.outputs)} completions for prompt {row}; expected 1")
-            completion = request.outputs[0]
-            ids = [int(t) for t in completion.token_ids]
-            if completion.logprobs is None or len(completion.logprobs) != len(ids):
-                got = None if completion.logprobs is None else len(completion.logprobs)
-                raise RuntimeError(f"vLLM returned {got} logprob entries for {len(ids)} tokens of prompt {row}")
-            values, alt_ids, alt_lp = token_signals(completion.logprobs, ids, ks, self.num_logprobs, n_alt)
-            labels = np.asarray(segment_labels(segment_rules, ids), dtype=np.int8)
-            means, counts, n_invalid = segment_means(values, labels, columns)
-            reason = completion.finish_reason
-            if reason not in _FINISH_REASONS:
-                raise RuntimeError(f"vLLM finished prompt {row} with finish_reason={reason!r} "
-                                   f"(stop_reason={completion.stop_reason!r})")
-            stop = _FINISH_REASONS[reason]
-            if stop == "max_new_tokens" and budgets[row] < decode.max_new_tokens and len(ids) >= budgets[row]:
-                stop = "token_budget"
-            results.append(SequenceResult(
-                token_ids=ids,
-                text=tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else "",
-                n_generated=len(ids),
-                stop_reason=stop,
-                means=means,
-                counts=counts,
-                prompt_tokens=len(prompts[row]),
-                n_invalid=n_invalid,
-                trace=values if sig.trace else None,
-                segments=labels if sig.trace else None,
-                alt_ids=alt_ids if n_alt else None,
-                alt_logprobs=alt_lp if n_alt else None,
-            ))
-            finish.append(reason)
-            cached.append(getattr(request, "num_cached_tokens", None))
-
-        total = sum(r.n_generated for r in results)
-        sequences, L = _pack(prompts, [r.token_ids for r in results], self.pad_token_id())
-        extras = {
-            "backend": "vllm",
-            "unavailable_signals": list(UNAVAILABLE_SIGNALS),
-            "num_logprobs": self.num_logprobs,
-            "cached_prompt_tokens": cached,
-            "finish_reasons": finish,
-        }
-        return GenerationOutput(results=results, columns=columns, wall_time_s=wall,
-                                tokens_per_s=total / wall if wall > 0 else float("nan"),
-                                sequences=sequences, prompt_length=L, cache=None, extras=extras)
+    def _reuse(self, prompts: list[list[int]], cached: list[int | None],
+               conversation_ids: Sequence[Hashable] | None) -> list[ReuseStats]:
+        """Per row: the prompt tokens the prefix cache served; ``prefix-cache`` for a row that
+        continues a conversation seen since :meth:`drop_cache`."""
+        keys = list(conversation_ids) if conversation_ids is not None else [None] * len(prompts)
+        if len(keys) != len(prompts):
+            raise ValueError(f"{len(keys)} conversation ids for {len(prompts)} prompts")
+        stats = []
+        for ids, c, key in zip(prompts, cached, keys, strict=True):
+            c = int(c or 0)
+            mode = "prefix-cache" if key is not None and key in self._seen else "none"
+            stats.append(ReuseStats(mode, c, len(ids) - c, c))
+        self._seen.update(k for k in keys if k is not None)
+        return stats
 
     @staticmethod
     def _row_budgets(budget: Sequence[int] | int | None, B: int) -> list[int]:
@@ -356,6 +422,29 @@ class VllmBackend:
         if min(rows) < 1:
             raise ValueError(f"token budget must be >= 1 for every row, got {rows}")
         return rows
+
+
+def _token_prompts(prompt_token_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+    prompts = [[int(t) for t in ids] for ids in prompt_token_ids]
+    if not prompts:
+        raise ValueError("VllmBackend.generate: no prompts")
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise ValueError(f"VllmBackend.generate: prompt {i} is empty")
+    return prompts
+
+
+def _stop_reason(completion, row: int, budget: int, decode: DecodeConfig) -> str:
+    """The tje_hf stop reason of one completion (``token_budget`` when the row's own budget,
+    below ``max_new_tokens``, is what stopped it)."""
+    reason = completion.finish_reason
+    if reason not in _FINISH_REASONS:
+        raise RuntimeError(f"vLLM finished prompt {row} with finish_reason={reason!r} "
+                           f"(stop_reason={completion.stop_reason!r})")
+    stop = _FINISH_REASONS[reason]
+    if stop == "max_new_tokens" and budget < decode.max_new_tokens and len(completion.token_ids) >= budget:
+        stop = "token_budget"
+    return stop
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,35 +547,44 @@ def token_signals(logprobs, token_ids: Sequence[int], ks: tuple[int, ...], n: in
     return values, top_ids[:, :n_alt].astype(np.int32), top[:, :n_alt].astype(np.float16)
 
 
-def segment_means(values: np.ndarray, labels: np.ndarray, columns: Sequence[str]
-                  ) -> tuple[dict[str, dict[str, float]], dict[str, int], int]:
-    """``means[segment][column]``, ``counts[segment]`` and the number of invalid tokens.
+def segment_sums(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-segment sums ``(len(SEGMENTS), S)`` float64 and token counts ``(len(SEGMENTS),)`` of one
+    sequence's per-token ``values`` ``(T, S)``, and its number of invalid tokens.
 
     As :class:`tje_hf.generation.tracker.EntropyTracker`: a token whose first column is NaN (invalid logits)
-    counts nowhere; ``all`` averages every other token, ``reasoning`` / ``answer`` those whose
-    label (``tje_hf.models.segments``) is ``REASONING`` / ``ANSWER``. An empty segment gives NaN; an
-    unavailable (all-NaN) column gives NaN.
+    counts nowhere; ``all`` sums every other token, ``reasoning`` / ``answer`` those whose
+    label (``tje_hf.models.segments``) is ``REASONING`` / ``ANSWER``. An unavailable (all-NaN)
+    column sums to NaN.
     """
     valid = ~np.isnan(values[:, 0]) if len(values) else np.zeros(0, dtype=bool)
     masks = {"all": valid, "reasoning": valid & (labels == REASONING), "answer": valid & (labels == ANSWER)}
-    means: dict[str, dict[str, float]] = {}
-    counts: dict[str, int] = {}
-    for seg in SEGMENTS:
+    sums = np.zeros((len(SEGMENTS), values.shape[1]), dtype=np.float64)
+    counts = np.zeros(len(SEGMENTS), dtype=np.int64)
+    for s, seg in enumerate(SEGMENTS):
         m = masks[seg]
-        c = int(m.sum())
-        counts[seg] = c
-        sums = values[m].astype(np.float64).sum(0) if c else None
-        means[seg] = {col: (float(sums[j] / c) if c else math.nan) for j, col in enumerate(columns)}
-    return means, counts, int((~valid).sum())
+        counts[s] = int(m.sum())
+        if counts[s]:
+            sums[s] = values[m].astype(np.float64).sum(0)
+    return sums, counts, int((~valid).sum())
+
+
+def segment_means(values: np.ndarray, labels: np.ndarray, columns: Sequence[str]
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, int], int]:
+    """``means[segment][column]``, ``counts[segment]`` and the number of invalid tokens of one
+    sequence (:func:`segment_sums`; NaN for an empty segment and for an unavailable column)."""
+    sums, counts, n_invalid = segment_sums(values, labels)
+    return (means_from_sums(sums, counts, columns), {seg: int(counts[s]) for s, seg in enumerate(SEGMENTS)},
+            n_invalid)
 
 
 def _pack(prompts: list[list[int]], generated: list[list[int]], pad: int) -> tuple[torch.Tensor, int]:
     """``(B, L + n_max)`` long: prompts left-padded to ``L``, generations right-padded."""
-    L = max(len(p) for p in prompts)
+    ids, _ = left_pad(prompts, pad)
+    L = ids.shape[1]
     n_max = max((len(g) for g in generated), default=0)
     out = torch.full((len(prompts), L + n_max), pad, dtype=torch.long)
-    for row, (p, g) in enumerate(zip(prompts, generated, strict=True)):
-        out[row, L - len(p): L] = torch.tensor(p, dtype=torch.long)
+    out[:, :L] = ids
+    for row, g in enumerate(generated):
         if g:
             out[row, L: L + len(g)] = torch.tensor(g, dtype=torch.long)
     return out, L

