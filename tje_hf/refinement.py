@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .columns import uncertainty
 from .config import DecodeConfig, RefineConfig
 from .generation.backend import Backend
 from .generation.outputs import ReuseStats, SequenceResult
 from .models.families import Family, answer_text
 from .seeds import derive_seed
-
-_SENTINEL = "\u2063TJE-SENTINEL\u2063"
 
 
 @dataclass
@@ -71,23 +70,6 @@ def prompt_hash(ids: Sequence[int]) -> str:
     return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def continuation_suffix(family: Family, tokenizer, instruction: str, ended: bool) -> list[int]:
-    """Tokens that follow a finished assistant turn to open the next user turn and the next
-    assistant turn, as the family's template renders them. ``ended``: the generation's last token
-    already closed the turn (an EOS), so the template's own end-of-turn token is not repeated."""
-    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL},
-            {"role": "user", "content": instruction}]
-    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **family.template_kwargs)
-    if _SENTINEL not in text:
-        raise ValueError(f"family {family.name!r}: the chat template does not render assistant content verbatim")
-    tail = text.split(_SENTINEL, 1)[1]
-    ids = list(tokenizer(tail, add_special_tokens=False)["input_ids"])
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    if ended and ids and ids[0] in special:
-        ids = ids[1:]
-    return ids
-
-
 def refine(
     backend: Backend,
     family: Family,
@@ -119,7 +101,6 @@ def refine(
         raise ValueError(f"{len(conversations)} conversations but {len(problem_ids)} problem ids")
     tokenizer = backend.tokenizer
     rules = family.segment_rules(tokenizer)
-    eos = set(backend.eos_token_ids)
     messages = [list(c) for c in conversations]
     prompts = [family.render(tokenizer, m) for m in messages]
     results = [RefineResult(str(pid), [], prompt_hash(p)) for pid, p in zip(problem_ids, prompts, strict=True)]
@@ -131,7 +112,7 @@ def refine(
             if step > 1:
                 for i in active:
                     messages[i], prompts[i] = _next_prompt(family, tokenizer, config, messages[i],
-                                                           results[i].steps[-1], eos)
+                                                           results[i].steps[-1])
             batch = [prompts[i] for i in active]
             seeds = [derive_seed(run_seed, results[i].problem_id, step) for i in active]
             # 2-3) generate; the backend reuses what it kept of each conversation (config.reuse_cache)
@@ -146,9 +127,11 @@ def refine(
                     wall_time_s=out.wall_time_s * res.n_generated / total, prefill_time_s=out.prefill_time_s))
             if on_step is not None:
                 on_step(step, sum(r.n_generated for r in out.results))
-            # 4) the gate: a problem whose step-1 signal is at or below tau stops here
+            # 4) the gate: a problem whose step-1 uncertainty is at or below tau stops here (a
+            #    confidence column is negated first, as calibration and evaluation do)
             if step == 1 and config.policy == "gate":
-                h1 = {i: gate_value(results[i].steps[0], config.gate_column, config.gate_segment) for i in active}
+                h1 = {i: uncertainty(gate_value(results[i].steps[0], config.gate_column, config.gate_segment),
+                                     config.gate_column) for i in active}
                 active = [i for i in active if not h1[i] <= config.tau]
             if not active:
                 break
@@ -157,13 +140,11 @@ def refine(
     return results
 
 
-def _next_prompt(family: Family, tokenizer, config: RefineConfig, messages: list[dict], prev: StepResult,
-                 eos: set[int]) -> tuple[list[dict], list[int]]:
+def _next_prompt(family: Family, tokenizer, config: RefineConfig, messages: list[dict], prev: StepResult
+                 ) -> tuple[list[dict], list[int]]:
     """The conversation and prompt of the step after ``prev``, in the configured history mode."""
     if config.history == "template":
-        messages = messages + [family.history_message(prev.answer_text),
+        messages = messages + [family.history_turn(tokenizer, prev.generation.token_ids, prev.generation.segments),
                                {"role": "user", "content": config.instruction}]
         return messages, family.render(tokenizer, messages)
-    tokens = prev.generation.token_ids
-    ended = bool(tokens) and tokens[-1] in eos
-    return messages, prev.prompt_ids + tokens + continuation_suffix(family, tokenizer, config.instruction, ended)
+    return messages, prev.prompt_ids + family.continuation(tokenizer, prev.generation.token_ids, config.instruction)

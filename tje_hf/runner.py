@@ -143,7 +143,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
 def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> None:
     from tqdm.auto import tqdm
 
-    family = make_family(lm.family, cfg.model.reasoning_effort, cfg.model.template_date)
+    family = make_family(lm.family, cfg.model.reasoning_effort, cfg.model.template_date,
+                         enable_thinking=cfg.model.enable_thinking)
     columns = signal_columns(cfg.decode.signals.ks)
     steps = cfg.refine.steps
     # The bar counts problems, advancing by a fraction at each refinement step of a batch, so that

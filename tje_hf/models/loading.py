@@ -241,7 +241,7 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
     if "device_map" not in model_kwargs:
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
-    family = resolve_family(spec.family, model, tokenizer)
+    family = resolve_family(spec.family, model, tokenizer, enable_thinking=spec.enable_thinking)
     return LoadedModel(backend=HfBackend(model, tokenizer), spec=spec, family=family,
                        revision=revision or _resolve_revision(source, spec), source=source)
 
@@ -273,6 +273,6 @@ def load_vllm_model(spec: ModelSpec | None = None, **engine_kwargs) -> LoadedMod
                           revision=spec.revision, trust_remote_code=spec.trust_remote_code, tokenizer=tokenizer,
                           **engine_kwargs)
     # resolve_family reads only model.config
-    family = resolve_family(spec.family, SimpleNamespace(config=config), tokenizer)
+    family = resolve_family(spec.family, SimpleNamespace(config=config), tokenizer, enable_thinking=spec.enable_thinking)
     return LoadedModel(backend=backend, spec=spec, family=family,
                        revision=revision or _resolve_revision(source, spec), source=source)
