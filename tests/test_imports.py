@@ -31,6 +31,7 @@ LIGHT_MODULES = (
     "tje_hf.errors",
     "tje_hf.seeds",
     "tje_hf.records",
+    "tje_hf.export",
     "tje_hf.analysis",
     "tje_hf.analysis.calibration",
     "tje_hf.analysis.evaluation",
@@ -164,6 +165,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "records": frozenset({"base"}),
     "runner": frozenset({"base", "models", "generation", "refinement", "tasks", "records"}),
     "analysis": frozenset({"base", "records"}),
+    "export": frozenset({"base", "records"}),
+    "regrade": frozenset({"base", "tasks", "records"}),
     "viewer": frozenset({"base", "records", "analysis"}),
     "cli": frozenset({"base"}),  # anything inside its functions; at module level the base only
     "api": frozenset({"base"}),  # tje_hf/__init__.py: lazy, TYPE_CHECKING imports aside

@@ -8,7 +8,10 @@ The Hub fixtures under ``tests/data/hub`` mirror the real repos' layouts (``READ
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -217,6 +220,87 @@ def test_gpqa_subset_selects_another_config():
 def test_gpqa_unknown_config_is_a_task_error():
     with pytest.raises(TaskError, match="gpqa_extended"):
         load_task(TaskConfig(name="gpqa_diamond", path=str(GPQA_DIR), subset="gpqa_extended"))
+
+
+# --------------------------------------------------------------------------------------------
+# Hub tasks offline, and local copies of them
+
+OFFLINE_PROBE = """
+from tje_hf.config import TaskConfig
+from tje_hf.tasks import TaskError, load_task
+for name in ("aime24", "aime25", "gpqa_diamond"):
+    try:
+        load_task(TaskConfig(name=name))
+    except TaskError as exc:
+        print(name + "\\t" + str(exc))
+    else:
+        print(name + "\\tloaded")
+"""
+
+
+def test_hub_tasks_offline_without_a_cache_are_one_line_task_errors(tmp_path):
+    """Offline, nothing cached (empty HF_HOME and HF_DATASETS_CACHE): each Hub task fails with a
+    one-line TaskError that says to set task.path to a local copy (and HF_TOKEN for gated GPQA)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"),
+               HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"))
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_PROBE], env=env, check=False, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    messages = dict(line.split("\t", 1) for line in proc.stdout.splitlines())
+    assert set(messages) == {"aime24", "aime25", "gpqa_diamond"}
+    for name, hub_id in (("aime24", "HuggingFaceH4/aime_2024"), ("aime25", "opencompass/AIME2025"),
+                         ("gpqa_diamond", "Idavidrein/gpqa")):
+        message = messages[name]
+        assert message.startswith(f"task {name!r}: dataset {hub_id!r}")
+        assert "cannot be loaded (offline mode is on and it is not in the cache): " in message
+        assert ("set task.path=<local copy>: a JSONL, CSV or parquet file, or a directory laid out like the Hub "
+                f"repo {hub_id}") in message
+        assert ("HF_TOKEN" in message) == (name == "gpqa_diamond")
+    assert "Traceback" not in proc.stderr
+
+
+def test_aime24_from_one_file(aime24_dir, tmp_path):
+    """A local copy may be the data file itself (parquet, or converted to JSONL or CSV)."""
+    parquet = aime24_dir / "data" / "train-00000-of-00001.parquet"
+    jsonl = tmp_path / "aime_2024.jsonl"
+    pd.read_parquet(parquet).to_json(jsonl, orient="records", lines=True)
+    csv = tmp_path / "aime_2024.csv"
+    pd.read_parquet(parquet).to_csv(csv, index=False)
+    expected = [p.id for p in load_task(TaskConfig(name="aime24", path=str(aime24_dir))).problems]
+    for path in (parquet, jsonl, csv):
+        task = load_task(TaskConfig(name="aime24", path=str(path)))
+        assert [p.id for p in task.problems] == expected and [p.gold for p in task.problems] == ["204", "12", "7"]
+
+
+def test_gpqa_from_its_csv_file():
+    task = load_task(TaskConfig(name="gpqa_diamond", path=str(GPQA_DIR / "gpqa_diamond.csv")))
+    assert task.problems == load_task(TaskConfig(name="gpqa_diamond", path=str(GPQA_DIR))).problems
+
+
+def test_aime25_from_one_file_needs_the_subset_it_holds():
+    path = str(AIME25_DIR / "aime2025-II.jsonl")
+    with pytest.raises(TaskError, match="is one file, but opencompass/AIME2025 has two configs"):
+        load_task(TaskConfig(name="aime25", path=path))
+    task = load_task(TaskConfig(name="aime25", path=path, subset="AIME2025-II"))
+    assert [p.id for p in task.problems] == ["2025-II-1", "2025-II-2", "2025-II-3"]
+
+
+@pytest.mark.parametrize(("path", "match"), [
+    ("/no/such/aime_2024", "no such file or directory"),
+    ("./aime_2024.parquet", "no such file or directory"),
+    (str(DATA / "hub" / "gpqa" / "README.md"), "unsupported file type '.md'"),
+])
+def test_a_bad_local_copy_is_a_task_error(path, match):
+    with pytest.raises(TaskError, match=match):
+        load_task(TaskConfig(name="aime24", path=path))
+
+
+def test_an_unreadable_local_file_is_a_task_error(tmp_path):
+    path = tmp_path / "aime.parquet"
+    path.write_text("not parquet")
+    with pytest.raises(TaskError, match=r"task 'aime24': file .* cannot be loaded"):
+        load_task(TaskConfig(name="aime24", path=str(path)))
 
 
 # --------------------------------------------------------------------------------------------

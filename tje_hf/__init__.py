@@ -5,7 +5,7 @@ loop; threshold calibration and model comparison. The public API is what ``__all
 
 Importing ``tje_hf`` is cheap: it imports neither torch, transformers nor vllm. Each public name
 is resolved from its module on first access (PEP 562), so ``tje_hf.load_model`` imports torch and
-``tje_hf.calibrate`` does not.
+``tje_hf.calibrate`` does not (nor does ``tje_hf.to_dataframe``, which imports pandas when called).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         TaskConfig,
         load_run_config,
     )
+    from .export import to_dataframe
     from .generation.hf import GenerationOutput, SequenceResult, generate_with_entropy
     from .generation.signals import (
         deepconf_confidence,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     )
     from .generation.tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
     from .models.loading import LoadedModel, load_model
+    from .records import read_records
     from .refinement import RefineResult, StepResult, refine
     from .runner import run
 
@@ -47,11 +49,13 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ".analysis.evaluation": ("evaluate_run",),
     ".config": ("DecodeConfig", "ModelSpec", "RefineConfig", "RunConfig", "SignalConfig", "TaskConfig",
                 "load_run_config"),
+    ".export": ("to_dataframe",),
     ".generation.hf": ("GenerationOutput", "SequenceResult", "generate_with_entropy"),
     ".generation.signals": ("deepconf_confidence", "full_entropy", "self_certainty", "token_logprob",
                             "topk_entropies", "topk_entropy"),
     ".generation.tracker": ("EntropyTracker", "TokenBudgetStop", "WindowMeanStop"),
     ".models.loading": ("LoadedModel", "load_model"),
+    ".records": ("read_records",),
     ".refinement": ("RefineResult", "StepResult", "refine"),
     ".runner": ("run",),
 }
@@ -81,9 +85,11 @@ __all__ = [
     "generate_with_entropy",
     "load_model",
     "load_run_config",
+    "read_records",
     "refine",
     "run",
     "self_certainty",
+    "to_dataframe",
     "token_logprob",
     "topk_entropies",
     "topk_entropy",

@@ -8,6 +8,11 @@
     tje view RUN_DIR                          the token-level trace viewer (one HTML file)
     tje calibrate RUN_DIR                     the thresholds as JSON (reconstructions named)
     tje merge RUN_DIR                         join the shards of a data-parallel run
+    tje export RUN_DIR --csv PATH             the records as a table (one row per problem and step)
+    tje regrade RUN_DIR                       grade the recorded answers again (regrades.jsonl)
+
+Errors print one line on stderr (``tje: error: ...``) and exit with code 2; ``--debug`` (before or
+after the command) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from .columns import DEFAULT_COLUMN
@@ -51,7 +57,9 @@ def _quiet_progress(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_run_config(args.config, args.set + args.overrides)  # a bad config fails before torch loads
+    limit = [f"task.limit={args.limit}"] if args.limit is not None else []
+    # a bad config fails before torch loads
+    cfg = load_run_config(args.config, limit + args.set + args.overrides)
     _quiet_progress(args)
     from .runner import merge_shards, run, summarize
 
@@ -74,7 +82,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary.table())
     print(f"\nrecords: {Path(cfg.out_dir) / 'records.jsonl'} ({summary.n_problems} problems, "
           f"{summary.n_new} new, {summary.wall_time_s:.0f} s)")
+    print(_next_commands(cfg.out_dir))
     return 0
+
+
+def _next_commands(run_dir: str | Path) -> str:
+    """What to run on a finished run directory, ready to paste."""
+    import shlex
+
+    quoted = shlex.quote(str(run_dir))
+    return (f"next:    tje report {quoted}      # calibration tables and plots\n"
+            f"         tje view {quoted}        # token-level trace viewer\n"
+            f"         tje export {quoted} --csv {shlex.quote(str(Path(run_dir) / 'records.csv'))}")
 
 
 def _barrier() -> None:
@@ -152,7 +171,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from .viewer import write_viewer
 
-    print(write_viewer(_run_dir(args.run_dir), args.out, signal=args.signal, problems=args.problem or None))
+    print(write_viewer(_run_dir(args.run_dir), args.out, signal=args.signal, problems=args.problem or None,
+                       max_alternatives=args.max_alternatives))
     return 0
 
 
@@ -166,6 +186,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regrade(args: argparse.Namespace) -> int:
+    from .regrade import regrade
+
+    summary = regrade(_run_dir(args.run_dir))
+    print(summary.table())
+    print(f"\n{summary.n_changed} step grades changed ({summary.n_problems} problems, grader {summary.grader}); "
+          f"appended to {summary.run_dir / 'regrades.jsonl'} (records.jsonl unchanged)")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .runner import merge_shards, summarize
 
@@ -174,16 +204,40 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import to_dataframe, write_csv, write_parquet
+
+    run = _run_dir(args.run_dir)
+    targets = [("csv", args.csv), ("parquet", args.parquet)]
+    if args.csv is None and args.parquet is None:
+        targets = [("csv", run / "records.csv")]
+    df = to_dataframe(run, text=args.text)
+    shape = f"{len(df)} rows (problem x step), {df.shape[1]} columns"
+    log = sys.stderr if args.csv == "-" else sys.stdout  # the table itself may be on stdout
+    for kind, path in targets:
+        if path is None:
+            continue
+        written = write_csv(df, path) if kind == "csv" else write_parquet(df, path)
+        if written is not None:
+            print(f"{written}: {shape}", file=log)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tje", description="Think Just Enough: entropy-gated self-refinement with Hugging Face Transformers.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (default: one line on stderr, exit code 2)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, summary: str, **kwargs) -> argparse.ArgumentParser:
         # the summary is both the line of `tje --help` and the description of `tje NAME --help`
-        return sub.add_parser(name, help=summary, description=summary, **kwargs)
+        p = sub.add_parser(name, help=summary, description=summary, **kwargs)
+        # also after the command (`tje run ... --debug`); SUPPRESS keeps a top-level --debug
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return p
 
     def signal_args(p):
         p.add_argument("--signal", default=DEFAULT_COLUMN,
@@ -197,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run YAML file, or the name of a packaged run config (see `tje configs`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
+    p.add_argument("--limit", type=_int_at_least(1), default=None, metavar="N",
+                   help="only the first N problems of the task (same as task.limit=N)")
     p.add_argument("--overwrite", action="store_true", help="start an existing run directory over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
@@ -232,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/viewer.html)")
     p.add_argument("--problem", action="append", default=[], help="only these problem ids (repeatable)")
     p.add_argument("--signal", default=DEFAULT_COLUMN, help=f"the signal that colours tokens (default {DEFAULT_COLUMN})")
+    p.add_argument("--max-alternatives", type=_int_at_least(0), default=None, metavar="N",
+                   help="embed at most N alternatives a token (default: all recorded; fewer = a smaller file)")
     p.set_defaults(func=cmd_view)
 
     p = command("calibrate", "print the thresholds computed from a run's step-1 records "
@@ -244,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("merge", "merge the shards of a data-parallel run into records.jsonl")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_merge)
+
+    p = command("regrade", "grade a run's recorded answers again with the current grader (no generation); "
+                           "the new grades go to RUN_DIR/regrades.jsonl, the originals are kept")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_regrade)
+
+    p = command("export", "write a run's records as a table: one row per problem and step, every signal "
+                          "mean a column (segment/column)")
+    p.add_argument("run_dir")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="write a CSV file ('-': standard output; default, with neither: RUN_DIR/records.csv)")
+    p.add_argument("--parquet", default=None, metavar="PATH", help="write a parquet file (needs pyarrow)")
+    p.add_argument("--text", action="store_true", help="also the generated text of every step")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -253,9 +325,47 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (*USER_ERRORS, FileNotFoundError) as exc:
-        print(f"tje: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # every error: one line and exit code 2, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"tje: error: {_error_line(exc, args.command)}", file=sys.stderr)
         return 2
+
+
+# Errors whose message is the whole story: a user's input or environment, said in one line.
+FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Commands that read a run directory: a ValueError from the analysis there is about the run or the
+# options (a signal or step that was not recorded, an empty run), not a bug.
+ANALYSIS_COMMANDS = ("report", "compare", "calibrate", "view", "export")
+
+
+def _error_line(exc: BaseException, command: str) -> str:
+    """``exc`` as the one line ``tje`` prints: the message of a known error; the type, message and
+    place of an unexpected one, with how to see its traceback."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    known = isinstance(exc, USER_ERRORS + FILE_ERRORS + (ImportError,)) or (
+        isinstance(exc, ValueError) and command in ANALYSIS_COMMANDS)
+    if known:
+        return message
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return (f"unexpected {type(exc).__name__}{where}: {message} "
+            f"(`tje --debug {command} ...` shows the traceback)")
+
+
+def _int_at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum``, else a usage error that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
+        return value
+
+    return parse
 
 
 if __name__ == "__main__":

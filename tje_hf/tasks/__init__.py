@@ -12,8 +12,10 @@ name               source
 =================  ===========================================================================
 
 Hub tasks load through ``datasets.load_dataset``, so the Hub cache, ``HF_TOKEN`` and
-``HF_DATASETS_OFFLINE`` behave as usual; ``TaskConfig.path`` replaces the Hub id (a mirror, or a
-local directory laid out like the Hub repo), ``subset`` the config and ``split`` the split.
+``HF_DATASETS_OFFLINE`` behave as usual; ``TaskConfig.path`` replaces the Hub id (a mirror, a
+local directory laid out like the Hub repo, or one JSONL, CSV or parquet file), ``subset`` the
+config and ``split`` the split. A Hub dataset that cannot be fetched (offline, no network, gated
+without ``HF_TOKEN``) is a one-line :class:`TaskError` that says so.
 ``TaskConfig.limit`` keeps the first N problems.
 """
 

@@ -22,6 +22,9 @@ aime25
     Both configs are concatenated (I then II); ids are ``"2025-I-1"`` ... ``"2025-II-15"``.
     ``TaskConfig.subset`` picks one config.
 
+``TaskConfig.path`` may also be a local copy: a directory laid out like the Hub repo, or one
+JSONL, CSV or parquet file (aime25: one file holds one config, named by ``TaskConfig.subset``).
+
 The prompt is the problem followed by "Please reason step by step, and put your final answer
 within \\boxed{}."; answers are graded by :func:`tje_hf.tasks.grading.grade_aime`.
 """
@@ -29,6 +32,7 @@ within \\boxed{}."; answers are graded by :func:`tje_hf.tasks.grading.grade_aime
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from ..config import TaskConfig
 from .base import Problem, Task, TaskError, boxed_prompt, load_rows, require_columns
@@ -78,7 +82,7 @@ def aime25_problems(rows: list[dict], config: str, source: str) -> list[Problem]
 def load_aime24(cfg: TaskConfig) -> Task:
     path = cfg.path or AIME24_HUB_ID
     split = cfg.split or "train"
-    rows = load_rows(cfg.name, path, cfg.subset, split)
+    rows = load_rows(cfg.name, path, cfg.subset, split, hub_id=AIME24_HUB_ID)
     return Task(name=cfg.name, problems=aime24_problems(rows, path), grader=grade,
                 source=f"{path}:{split}")
 
@@ -87,7 +91,13 @@ def load_aime25(cfg: TaskConfig) -> Task:
     path = cfg.path or AIME25_HUB_ID
     split = cfg.split or "test"
     configs = (cfg.subset,) if cfg.subset else AIME25_CONFIGS
+    if not cfg.subset and Path(path).expanduser().is_file():
+        raise TaskError(f"task {cfg.name!r}: task.path = {path!r} is one file, but {AIME25_HUB_ID} has "
+                        f"two configs ({', '.join(AIME25_CONFIGS)}): point task.path at a directory laid out "
+                        "like the Hub repo (aime2025-I.jsonl, aime2025-II.jsonl and its README.md), or set "
+                        "task.subset to the config the file holds")
     problems = []
     for config in configs:
-        problems.extend(aime25_problems(load_rows(cfg.name, path, config, split), config, path))
+        rows = load_rows(cfg.name, path, config, split, hub_id=AIME25_HUB_ID)
+        problems.extend(aime25_problems(rows, config, path))
     return Task(name=cfg.name, problems=problems, grader=grade, source=f"{path}:{'+'.join(configs)}:{split}")

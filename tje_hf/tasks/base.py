@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import TaskError
@@ -73,26 +74,95 @@ class Task:
         return len(self.problems)
 
 
-def load_rows(task: str, path: str, config: str | None, split: str) -> list[dict[str, Any]]:
-    """Rows of a dataset through ``datasets.load_dataset(path, config, split=split)``.
+# A local copy of a Hub task's data may be one of these files (read with the builder named) instead
+# of a directory laid out like the Hub repo.
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
-    ``path`` is a Hub id or a local directory laid out like the Hub repo (a ``README.md`` whose
-    YAML ``configs:`` header names the data files), so Hub caching, ``HF_TOKEN`` for gated sets
-    and ``HF_DATASETS_OFFLINE`` all apply. Errors are re-raised as :class:`TaskError` naming the
-    task, the dataset, config and split.
+
+def local_copy_hint(hub_id: str, *, gated: bool = False) -> str:
+    """What to do when a Hub task cannot be fetched: where to point ``task.path`` (and, for a gated
+    dataset, the token it needs)."""
+    hint = (f"set task.path=<local copy>: a JSONL, CSV or parquet file, or a directory laid out like the "
+            f"Hub repo {hub_id}")
+    if gated:
+        hint += f"; {hub_id} is gated: to download it, accept its terms on the Hub and set HF_TOKEN"
+    return hint
+
+
+def is_local_path(path: str) -> bool:
+    """``path`` names something on disk rather than a Hub id: it exists, starts like a path
+    (``/``, ``.``, ``~``) or ends in a data file's suffix."""
+    return (Path(path).expanduser().exists() or path.startswith(("/", ".", "~"))
+            or Path(path).suffix.lower() in FILE_BUILDERS)
+
+
+def load_rows(task: str, path: str, config: str | None, split: str, *, hub_id: str | None = None,
+              gated: bool = False) -> list[dict[str, Any]]:
+    """Rows of a dataset through ``datasets.load_dataset``.
+
+    ``path`` is a Hub id, a local directory laid out like the Hub repo (a ``README.md`` whose YAML
+    ``configs:`` header names the data files, or the ``data/<split>-*`` convention), or one JSONL,
+    CSV or parquet file (read whole; ``config`` and ``split`` do not apply). Hub caching,
+    ``HF_TOKEN`` for gated sets and ``HF_DATASETS_OFFLINE`` all apply. Every failure is re-raised
+    as a one-line :class:`TaskError` naming the task, the dataset, config and split; one on the Hub
+    (offline, no network, gated) says how to use a local copy instead (``hub_id``: the task's Hub
+    repo, ``gated``: it needs ``HF_TOKEN``).
     """
+    if is_local_path(path):
+        return _local_rows(task, path, config, split)
     from datasets import load_dataset
     from datasets.exceptions import DatasetNotFoundError
 
     where = f"task {task!r}: dataset {path!r} (config {config!r}, split {split!r})"
+    hint = local_copy_hint(hub_id or path, gated=gated)
     try:
         dataset = load_dataset(path, config, split=split)
     except DatasetNotFoundError as exc:
-        raise TaskError(f"{where} not found or not accessible; a gated dataset needs its terms accepted "
-                        f"on the Hub and a token in HF_TOKEN ({exc})") from exc
-    except (ValueError, FileNotFoundError, ConnectionError) as exc:
-        raise TaskError(f"{where} cannot be loaded: {exc}") from exc
+        raise TaskError(f"{where} not found or not accessible ({_reason(exc)}); a gated dataset needs its "
+                        f"terms accepted on the Hub and a token in HF_TOKEN; or {hint}") from exc
+    except Exception as exc:  # offline, no network, a bad config or split: one line, not a traceback
+        raise TaskError(f"{where} cannot be loaded{_unreachable(exc)}: {_reason(exc)}; {hint}") from exc
     return [dict(row) for row in dataset]
+
+
+def _local_rows(task: str, path: str, config: str | None, split: str) -> list[dict[str, Any]]:
+    """Rows of a local copy: a directory laid out like the Hub repo, or one data file."""
+    from datasets import load_dataset
+
+    local = Path(path).expanduser()
+    if not local.exists():
+        raise TaskError(f"task {task!r}: task.path = {path!r}: no such file or directory (a JSONL, CSV or "
+                        "parquet file, or a directory laid out like the Hub repo)")
+    builder = FILE_BUILDERS.get(local.suffix.lower()) if local.is_file() else None
+    if local.is_file() and builder is None:
+        raise TaskError(f"task {task!r}: task.path = {path!r}: unsupported file type {local.suffix!r} "
+                        f"(supported: {', '.join(FILE_BUILDERS)}, or a directory laid out like the Hub repo)")
+    try:
+        if builder is not None:
+            dataset = load_dataset(builder, data_files=str(local), split="train")
+        else:
+            dataset = load_dataset(str(local), config, split=split)
+    except Exception as exc:  # a missing config or split, an unreadable file: one line
+        what = f"file {path!r}" if builder else f"directory {path!r} (config {config!r}, split {split!r})"
+        raise TaskError(f"task {task!r}: {what} cannot be loaded: {_reason(exc)}") from exc
+    return [dict(row) for row in dataset]
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Why the Hub could not be asked, when that is the failure (datasets raises ConnectionError)."""
+    if not isinstance(exc, ConnectionError):
+        return ""
+    import datasets.config
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return " (offline mode is on and it is not in the cache)"
+    return " (the Hub cannot be reached)"
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: its message with whitespace collapsed, its type when it has none."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def require_columns(rows: Sequence[dict[str, Any]], needed: Sequence[str], where: str) -> None:

@@ -3,7 +3,9 @@
 dataset ``Idavidrein/gpqa`` (gated: accept the terms on the Hub and set ``HF_TOKEN``), config
 ``gpqa_diamond``, split ``train``, stored as ``gpqa_diamond.csv``. Fields used: ``Question``,
 ``Correct Answer``, ``Incorrect Answer 1`` .. ``Incorrect Answer 3`` and ``Record ID`` (the
-problem id; a hash of the question when the column is absent). Example (abridged)::
+problem id; a hash of the question when the column is absent). ``TaskConfig.path`` may name a
+local copy instead: ``gpqa_diamond.csv`` itself, or a directory laid out like the Hub repo.
+Example (abridged)::
 
     {"Record ID": "rec...", "Question": "Two quantum states with energies E1 and E2 ...",
      "Correct Answer": "10^-4 eV", "Incorrect Answer 1": "10^-11 eV",
@@ -69,6 +71,6 @@ def load_gpqa_diamond(cfg: TaskConfig) -> Task:
     path = cfg.path or GPQA_HUB_ID
     config = cfg.subset or GPQA_CONFIG
     split = cfg.split or "train"
-    rows = load_rows(cfg.name, path, config, split)
+    rows = load_rows(cfg.name, path, config, split, hub_id=GPQA_HUB_ID, gated=True)
     return Task(name=cfg.name, problems=gpqa_problems(rows, cfg.seed, f"{path} config {config}"), grader=grade,
                 source=f"{path}:{config}:{split}")
