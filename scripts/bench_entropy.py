@@ -13,14 +13,28 @@
 Prints a table and writes JSON (``--out``).
 
     python scripts/bench_entropy.py --out bench_results/entropy.json
+
+Real-vocabulary mode (``--arch``): the same measurements on a tiny random-weight
+``GptOssForCausalLM`` (``gpt-oss``, 201,088 tokens) or ``Qwen3MoeForCausalLM`` (``qwen3-moe``,
+151,936 tokens) with the real tokenizer of ``scripts/fetch_reference_formats.py``, so that the
+tracker works on logits of the real width. The model's own forward is tiny (hidden size 64), so
+the tracker's *share* there is an upper bound; its time per token (also printed) is what to
+compare with a real model's decode step.
+
+    python scripts/bench_entropy.py --arch gpt-oss qwen3-moe --reps 3 --tokens 64 --skip-memory \
+        --out bench_results/entropy_real_vocab.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -39,6 +53,40 @@ QUESTIONS = [
     "How do vaccines work?", "Summarise the history of the printing press.",
     "Why is the sky blue?", "Give advice to a new programmer.",
 ]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHS = {  # --arch: (builder in tests/conftest.py, real vocabulary size, reference tokenizer)
+    "gpt-oss": ("build_tiny_gpt_oss", 201_088, "gpt-oss"),
+    "qwen3-moe": ("build_tiny_qwen3_moe", 151_936, "qwen3-thinking-2507"),
+}
+
+
+def _load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_tiny(arch: str, vocab: int | None = None, threads: int | None = None):
+    """A tiny random-weight model of ``arch`` at the real vocabulary size (or ``vocab``), with the
+    real tokenizer from the reference directory; shaped like a ``LoadedModel`` for this script."""
+    from transformers import AutoTokenizer
+
+    builder, real_vocab, ref = ARCHS[arch]
+    fetch = _load_module("fetch_reference_formats", ROOT / "scripts" / "fetch_reference_formats.py")
+    problems = fetch.verify()
+    if problems:
+        sys.exit(f"reference formats missing ({problems[0]}); run `python scripts/fetch_reference_formats.py`")
+    tokenizer = AutoTokenizer.from_pretrained(fetch.reference_dir() / ref)
+    vocab = vocab or real_vocab
+    if vocab < len(tokenizer):
+        sys.exit(f"--vocab {vocab} is smaller than the {ref} tokenizer ({len(tokenizer)} tokens)")
+    conftest = _load_module("tje_tests_conftest", ROOT / "tests" / "conftest.py")
+    model = getattr(conftest, builder)(vocab_size=vocab)
+    return SimpleNamespace(model=model, tokenizer=tokenizer, revision=f"random:{arch}:vocab={vocab}",
+                           arch=arch, vocab=vocab)
 
 
 def tracker_share(lm, prompts, n_tokens: int, full_vocab: bool) -> float | None:
@@ -65,7 +113,11 @@ def tracker_share(lm, prompts, n_tokens: int, full_vocab: bool) -> float | None:
         wall = tracked_generate(lm.model, lm.tokenizer, prompts, n_tokens, full_vocab=full_vocab)
     finally:
         tracker_mod.EntropyTracker.__call__ = original
+    TRACKER_MS_PER_STEP[full_vocab] = 1000 * inside[0] / n_tokens
     return inside[0] / wall
+
+
+TRACKER_MS_PER_STEP: dict[bool, float] = {}  # the last timed generation's tracker ms per decode step
 
 
 MODES = ("plain", "tracked", "topk_only")
@@ -95,7 +147,10 @@ def throughput(lm, batch: int, n_tokens: int, reps: int) -> dict:
         "per_rep_ratio": [p / t for p, t in zip(times["plain"], times["tracked"], strict=True)],
         "per_rep_ratio_topk_only": [p / t for p, t in zip(times["plain"], times["topk_only"], strict=True)],
         "tracker_share": tracker_share(lm, prompts, n_tokens, full_vocab=True),
+        "tracker_ms_per_step": TRACKER_MS_PER_STEP.get(True),
         "tracker_share_topk_only": tracker_share(lm, prompts, n_tokens, full_vocab=False),
+        "tracker_ms_per_step_topk_only": TRACKER_MS_PER_STEP.get(False),
+        "plain_ms_per_step": 1000 * med["plain"] / n_tokens,
     }
 
 
@@ -152,9 +207,31 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--skip-memory", action="store_true", help="throughput only")
+    parser.add_argument("--arch", nargs="+", choices=sorted(ARCHS),
+                        help="tiny random-weight models at the real vocabulary size instead of SmolLM2")
+    parser.add_argument("--vocab", type=int, help="with one --arch: this vocabulary size instead of the real one")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", default="bench_results/entropy.json")
     args = parser.parse_args()
-    lm = load_model()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.arch:
+        if args.vocab and len(args.arch) > 1:
+            parser.error("--vocab takes one --arch")
+        results = [measure(load_tiny(a, args.vocab), args) for a in args.arch]
+        out = write_result(args.out, {"models": results, "threads": torch.get_num_threads(),
+                                      "command": " ".join(["python", *sys.argv])})
+        print(f"\nwrote {out}")
+        return
+    result = measure(load_model(), args)
+    out = write_result(args.out, {**result, "threads": torch.get_num_threads()})
+    print(f"\nwrote {out}")
+
+
+def measure(lm, args) -> dict:
+    name = getattr(lm, "arch", None) or "SmolLM2"
+    vocab = getattr(lm, "vocab", None) or lm.model.config.vocab_size
+    print(f"\n## {name}, vocabulary {vocab:,}")
     rows = [throughput(lm, b, args.tokens, args.reps) for b in args.batches]
     print(f"\nThroughput, greedy, {args.tokens} forced new tokens, median of {args.reps} interleaved runs")
     print("| batch | plain generate tok/s | tracker, all signals tok/s | ratio | tracker, top-k only tok/s | ratio |")
@@ -164,10 +241,12 @@ def main() -> None:
               f"{r['topk_only_tok_s']:.1f} | {r['ratio_topk_only']:.3f} |")
     if rows[0]["tracker_share"] is not None:
         print("\nShare of the wall time spent inside the tracker (one timed generation per mode)")
-        print("| batch | all signals | top-k only |")
-        print("|---|---|---|")
+        print("| batch | all signals | top-k only | tracker ms/step (all / top-k) | decode ms/step (plain) |")
+        print("|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['batch']} | {100 * r['tracker_share']:.2f} % | {100 * r['tracker_share_topk_only']:.2f} % |")
+            print(f"| {r['batch']} | {100 * r['tracker_share']:.2f} % | {100 * r['tracker_share_topk_only']:.2f} % | "
+                  f"{r['tracker_ms_per_step']:.2f} / {r['tracker_ms_per_step_topk_only']:.2f} | "
+                  f"{r['plain_ms_per_step']:.2f} |")
     mem = [] if args.skip_memory else [memory(lm, n) for n in args.lengths]
     print("\nPer-token state after n new tokens (batch 1): naive output_logits vs the tracker")
     print("| new tokens | naive logits (MiB) | tracker state (KiB) | ratio |")
@@ -175,9 +254,7 @@ def main() -> None:
     for m in mem:
         print(f"| {m['new_tokens']} | {m['naive_logits_bytes'] / 2**20:.1f} | {m['tracker_state_bytes'] / 2**10:.1f} | "
               f"{m['naive_logits_bytes'] / m['tracker_state_bytes']:.0f}x |")
-    out = write_result(args.out, {"throughput": rows, "memory": mem, "model_revision": lm.revision,
-                                  "threads": torch.get_num_threads()})
-    print(f"\nwrote {out}")
+    return {"model": name, "vocab_size": vocab, "throughput": rows, "memory": mem, "model_revision": lm.revision}
 
 
 if __name__ == "__main__":

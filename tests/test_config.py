@@ -65,7 +65,6 @@ BAD = [
     Bad(WindowStopConfig, {"column": "topk_entropy"}, "column", "topk_entropy", UNKNOWN_SIGNAL),
     Bad(WindowStopConfig, {"window": 0}, "window", 0, "must be >= 1"),
     Bad(WindowStopConfig, {"window": 8, "min_tokens": 4}, "min_tokens", 4, "must be >= window (8)"),
-    Bad(WindowStopConfig, {"direction": "up"}, "direction", "up", "must be one of ['above', 'below']"),
     Bad(WindowStopConfig, {"threshold": "2"}, "threshold", "2", "expected a number"),
     # SignalConfig
     Bad(SignalConfig, {"ks": ()}, "ks", (), "must be a non-empty list of positive integers"),

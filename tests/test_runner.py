@@ -217,3 +217,19 @@ def test_source_revision_names_the_commit_and_local_changes(tmp_path):
     assert source_revision(tmp_path) == {"commit": head, "dirty": False}
     (tmp_path / "a.py").write_text("x = 2\n")
     assert source_revision(tmp_path) == {"commit": head, "dirty": True}
+
+
+def test_records_hold_the_question_and_the_rendered_prompt(tmp_path, smollm2):
+    from tje_hf.tasks import load_task
+
+    cfg = load_run_config(small_config(tmp_path, task={"size": 2}, refine={"steps": 1},
+                                       decode={"max_new_tokens": 4}))
+    run(cfg, lm=smollm2, progress=False)
+    questions = {p.id: p.question for p in load_task(cfg.task).problems}
+    text = (Path(cfg.out_dir) / "records.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # standard JSON
+    for rec in read_records(cfg.out_dir):
+        assert rec["schema"] == 2 and rec["question"] == questions[rec["problem_id"]]
+        assert rec["question"] in rec["prompt"] and rec["prompt"] != rec["question"]  # the chat template applied
+    config = json.loads((Path(cfg.out_dir) / "config.json").read_text())
+    assert config["tje_run"] is True and config["schema"] == 2

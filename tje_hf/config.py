@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
 
-from .columns import DEFAULT_COLUMN, column_error, signal_of
+from .columns import DEFAULT_COLUMN, column_error, higher_is_uncertain, signal_of
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -118,18 +118,31 @@ class ModelSpec(_Validated):
 
 @dataclass(frozen=True)
 class WindowStopConfig(_Validated):
-    """In-step stop: the sliding-window mean of the signal ``column`` crosses ``threshold``.
+    """In-step stop: the sliding-window mean of the signal ``column`` becomes more uncertain than
+    ``threshold``. Never before ``min_tokens`` generated tokens.
 
-    ``direction="above"`` stops a sequence when the window mean rises above the threshold (for an
-    uncertainty signal such as entropy: the model lost its way); ``"below"`` when it falls below
-    (for a confidence signal such as DeepConf's). Never before ``min_tokens`` generated tokens.
+    The direction follows the column (:func:`tje_hf.columns.higher_is_uncertain`), as the gate's
+    does: for an uncertainty signal such as entropy a row stops when the window mean rises above
+    the threshold (the model lost its way); for a confidence signal such as DeepConf's, when it
+    falls below. (The former ``direction`` key is gone: it could only repeat or contradict this.)
     """
 
     column: str = DEFAULT_COLUMN
     threshold: float = 2.0
     window: int = 64
     min_tokens: int = 128
-    direction: Literal["above", "below"] = "above"
+
+    #: Keys this config no longer has, with what to do instead (for the loader's error).
+    _REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "direction": "the window stop's direction now follows the column (a window of an uncertainty "
+                     "signal stops above the threshold, of a confidence below it); remove the key",
+    }
+
+    @property
+    def direction(self) -> Literal["above", "below"]:
+        """``"above"`` (stop when the window mean > threshold) for an uncertainty column,
+        ``"below"`` (mean < threshold) for a confidence column: derived, not configured."""
+        return "above" if higher_is_uncertain(self.column) else "below"
 
     def _rules(self) -> Iterator[_Violation]:
         why = _unknown_column(self.column)
@@ -376,6 +389,10 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    removed = getattr(cls, "_REMOVED_KEYS", {})
+    for key in unknown:
+        if key in removed:
+            raise ConfigError(f"config key '{prefix}{key}' was removed: {removed[key]}")
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys of '{prefix or 'run'}': "
                           f"{', '.join(sorted(names))})")

@@ -7,13 +7,19 @@ Layout (documented for users in ``docs/FORMAT.md``)::
       environment.json   library versions, model revision, hardware, command line
       records.jsonl      one JSON line per finished problem (append-only)
       traces.bin         per-token traces, when enabled (append-only binary sidecar)
+      regrades.jsonl     newer grades of existing records (``tje regrade``; append-only)
+      records.lock       held (flock) by the one process writing the run; holds its PID
       shards/            per-process record shards of a data-parallel run (merged at the end)
 
 Crash safety: a record line is written with a single ``write`` of the whole line and flushed and
 fsynced before the next problem starts; trace bytes are fsynced before the line that points at
 them. A torn last line (a crash mid-write) is detected on read (no trailing newline, or invalid
 JSON) and dropped; :meth:`RunDir.open` truncates it so that appends continue on a clean line.
-Trace bytes with no record pointing at them are never read.
+Trace bytes with no record pointing at them are cut on resume; a ``traces.bin`` shorter than
+its records need is an error (never appended to). One writer at a time: :meth:`RunDir.open`
+takes an exclusive ``flock`` on a lock file (the kernel drops it when the process dies).
+Non-finite floats are written as ``null`` (standard JSON); :func:`read_records` returns NaN for a
+null signal value.
 
 The schema of a record (one finished problem, with one object per refinement step) is built here,
 by :func:`problem_record` and :func:`step_record`, next to the trace layout (:func:`trace_dtype`).
@@ -21,9 +27,13 @@ by :func:`problem_record` and :func:`step_record`, next to the trace layout (:fu
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -42,12 +52,24 @@ if TYPE_CHECKING:
     from .tasks import Problem
     from .tasks.grading import Grade
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 RECORDS = "records.jsonl"
 TRACES = "traces.bin"
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
+REGRADES = "regrades.jsonl"
+LOCK = "records.lock"
+SHARDS = "shards"
+MARKER = "tje_run"  # the key in config.json that marks a directory as a run directory
+# Every file the tool writes in a run directory (and in its shards/ folder): the only ones that
+# ``--overwrite`` removes.
+WRITTEN_FILES = (CONFIG, ENVIRONMENT, RECORDS, TRACES, REGRADES)
+SHARD_FILES = re.compile(r"records-\d+\.jsonl(\.traces\.bin)?")
 
+log = logging.getLogger(__name__)
+# The writer's locks this process holds: lock file path -> [open file, RunDir objects using it].
+_HELD: dict[str, list] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,12 +145,15 @@ def step_record(step: StepResult, grade: Grade, trace: TraceRef | None) -> dict:
 
 
 def problem_record(result: RefineResult, steps: Sequence[dict], *, problem: Problem, index: int, task: str,
-                   config_hash: str, model: str, model_revision: str, family: str, policy: str) -> dict:
+                   config_hash: str, model: str, model_revision: str, family: str, policy: str,
+                   prompt: str | None = None) -> dict:
     """The JSON record of one finished problem: the refinement ``result`` with its ``steps``
-    (from :func:`step_record`), the problem, and the run it belongs to."""
+    (from :func:`step_record`), the problem (its ``question``), the rendered step-1 ``prompt``
+    (the decoded prompt ids, chat template applied), and the run it belongs to."""
     return {
         "schema": SCHEMA_VERSION, "config_hash": config_hash, "problem_id": problem.id, "index": index,
-        "task": task, "gold": problem.gold, "model": model, "model_revision": model_revision, "family": family,
+        "task": task, "gold": problem.gold, "question": problem.question, "prompt": prompt, "model": model,
+        "model_revision": model_revision, "family": family,
         "prompt_hash": result.prompt_hash, "policy": policy, "n_steps": len(result.steps), "steps": list(steps),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -138,11 +163,14 @@ def problem_record(result: RefineResult, steps: Sequence[dict], *, problem: Prob
 # Records
 
 
-def read_records(path: str | Path) -> list[dict]:
+def read_records(path: str | Path, *, regrades: bool = True) -> list[dict]:
     """Every complete record of a records file (or of ``RUN_DIR/records.jsonl``).
 
     A last line without its newline, or one that is not valid JSON, is a torn write: dropped.
-    An invalid line anywhere else is corruption and raises ``RunDirError``.
+    An invalid line anywhere else is corruption and raises ``RunDirError`` (file and line named).
+    A null signal value (a non-finite mean, or one the backend does not compute) is returned as
+    NaN. With ``regrades`` (the default), the newest grade of ``regrades.jsonl`` next to the
+    records replaces each step's grade, the original kept under ``steps[k]["original_grade"]``.
     """
     path = Path(path)
     if path.is_dir():
@@ -150,30 +178,91 @@ def read_records(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     records, _ = _scan(path)
+    for line, rec in enumerate(records, 1):
+        if rec.get("schema", 1) not in READABLE_SCHEMAS:
+            raise RunDirError(f"{path}: record {line} has schema {rec.get('schema')!r}; this tje reads schemas "
+                              f"{', '.join(map(str, READABLE_SCHEMAS))}: upgrade tje_hf")
+        for step in rec.get("steps") or ():
+            _nan_signals(step)
+    regrade_file = path.parent / REGRADES
+    if regrades and path.name == RECORDS and regrade_file.exists():
+        apply_regrades(records, _scan(regrade_file, key="problem_id")[0])
     return records
 
 
-def _scan(path: Path) -> tuple[list[dict], int]:
-    """Records and the byte length of the clean prefix of the file."""
-    data = path.read_bytes()
+def _nan_signals(step: dict) -> None:
+    """Null signal means (JSON has no NaN) as NaN, in place: the one place a reader needs it."""
+    signals = step.get("signals")
+    if isinstance(signals, dict):
+        step["signals"] = {seg: ({col: math.nan if v is None else v for col, v in means.items()}
+                                 if isinstance(means, dict) else means) for seg, means in signals.items()}
+
+
+GRADE_KEYS = ("answer", "correct", "grade_reason")
+
+
+def apply_regrades(records: list[dict], regrades: list[dict]) -> None:
+    """Give each record's steps the newest grade of ``regrades`` (lines of ``regrades.jsonl``),
+    in place; the grade the run wrote is kept under ``original_grade``."""
+    newest = {str(line["problem_id"]): line for line in regrades}  # later lines win
+    for rec in records:
+        line = newest.get(str(rec["problem_id"]))
+        if line is None:
+            continue
+        by_step = {int(s["step"]): s for s in line.get("steps") or ()}
+        for step in rec.get("steps") or ():
+            new = by_step.get(int(step.get("step", 0)))
+            if new is None:
+                continue
+            step.setdefault("original_grade", {k: step.get(k) for k in GRADE_KEYS})
+            step.update({k: new.get(k) for k in GRADE_KEYS})
+        rec["regrade"] = {k: line.get(k) for k in ("grader", "regraded_at")}
+
+
+def _scan(path: Path, key: str | None = "problem_id") -> tuple[list[dict], int]:
+    """Records and the byte length of the clean prefix of the file. Every full line must be a
+    JSON object holding ``key``; a torn last line is not part of the clean prefix."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read ({exc.strerror or exc})") from None
     records, clean = [], 0
     lines = data.split(b"\n")
-    for i, line in enumerate(lines):
-        last = i == len(lines) - 1
-        if last:  # no newline after it: torn (or empty)
-            break
+    for i, line in enumerate(lines[:-1]):  # the part after the last newline is torn (or empty)
         if not line.strip():
             clean += len(line) + 1
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
             if i == len(lines) - 2 and not lines[-1]:
                 break  # the last full line is garbage: a torn write followed by a newline
             raise RunDirError(f"{path}: line {i + 1} is not valid JSON (not at the end: the file is corrupt)") \
                 from None
+        if not isinstance(rec, dict):
+            raise RunDirError(f"{path}: line {i + 1} is {type(rec).__name__ if rec is not None else 'null'}, "
+                              f"not a record (a JSON object): the file is corrupt")
+        if key is not None and key not in rec:
+            raise RunDirError(f"{path}: line {i + 1} is a record without {key!r}: the file is corrupt")
+        records.append(rec)
         clean += len(line) + 1
     return records, clean
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) as None: standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs) -> str:
+    """``obj`` as standard JSON: non-finite floats written as ``null`` (never bare ``NaN``)."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
 
 
 def read_trace(run_dir: str | Path, ref: dict | TraceRef) -> np.ndarray:
@@ -251,60 +340,118 @@ def environment_info(extra: dict | None = None) -> dict:
 
 
 class RunDir:
-    """A run directory opened for appending records (and traces).
+    """A run directory opened for appending records (and traces) by this process alone.
 
     Use :meth:`open`; it creates the directory or checks that an existing one holds a run of the
-    same config hash (``overwrite=True`` starts it over instead).
+    same config hash (``overwrite=True`` starts it over instead), takes the writer's lock, and
+    checks the traces against the records. :meth:`close` (or process exit) releases the lock.
     """
 
     def __init__(self, path: Path, records_name: str = RECORDS):
         self.path = path
         self.records_path = path / records_name
         self.traces_path = path / TRACES if records_name == RECORDS else path / (records_name + ".traces.bin")
+        self.lock_path = path / LOCK if records_name == RECORDS else self.records_path.with_suffix(".lock")
+        self._lock_file = None
+        self._lock_key = ""
 
     @classmethod
     def open(cls, path: str | Path, config: dict, config_hash: str, *, overwrite: bool = False,
              records_name: str = RECORDS) -> RunDir:
         path = Path(path)
-        cfg_file = path / CONFIG
-        if cfg_file.exists() and not overwrite:
-            existing = json.loads(cfg_file.read_text())
-            if existing.get("config_hash") != config_hash:
-                raise RunDirError(
-                    f"{path} holds a run with config hash {existing.get('config_hash')}, but this config hashes "
-                    f"to {config_hash}; use another out_dir, or --overwrite to start over")
-        elif cfg_file.exists() and overwrite:
-            for name in os.listdir(path):
-                if name in (CONFIG, ENVIRONMENT, RECORDS, TRACES) or name.startswith("records") \
-                        or name == "shards":
-                    target = path / name
-                    if target.is_dir():
-                        import shutil
-
-                        shutil.rmtree(target)
-                    else:
-                        target.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        if not cfg_file.exists():
-            _atomic_write(cfg_file, json.dumps({"schema": SCHEMA_VERSION, "config_hash": config_hash,
-                                                "config": config}, indent=2))
+        existing = _check_out_dir(path, config_hash, overwrite)  # read-only: refuses before any write
+        try:
+            (path / records_name).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from None
         run = cls(path, records_name)
+        run.lock()
+        if existing is not None and overwrite:
+            remove_run_files(path)
+        elif existing is not None and existing.get("config_hash") != config_hash:
+            log.warning("%s: re-initialising: its config.json (hash %s) has no records yet; writing this "
+                        "config (hash %s)", path, existing.get("config_hash"), config_hash)
+        if existing is None or overwrite or existing.get("config_hash") != config_hash:
+            _atomic_write(path / CONFIG, dumps({"schema": SCHEMA_VERSION, MARKER: True, "config_hash": config_hash,
+                                                "config": config}, indent=2))
         run._repair()
         return run
 
-    def _repair(self) -> None:
-        """Cut a torn last line so that the next append starts on a clean line."""
-        if not self.records_path.exists():
+    def lock(self) -> None:
+        """Take the writer's lock (``flock``, released by the kernel when the process dies) and
+        write this PID into it; RunDirError naming the holder when another process has it. Within
+        one process the lock is shared (counted) by every RunDir of the same directory."""
+        if self._lock_file is not None:
             return
-        _, clean = _scan(self.records_path)
-        if clean != self.records_path.stat().st_size:
-            with open(self.records_path, "r+b") as f:
-                f.truncate(clean)
-                f.flush()
-                os.fsync(f.fileno())
+        key = self._lock_key = os.path.realpath(self.lock_path)
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._lock_file = _HELD[key][0]
+            return
+        f = open(self.lock_path, "a+")  # noqa: SIM115 (held for the writer's lifetime)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunDirError(f"{self.path}: another process (PID {holder}) is writing this run ({self.lock_path} "
+                              f"is locked); wait for it to finish, or use another out_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        _HELD[key] = [f, 1]
+        self._lock_file = f
+
+    def close(self) -> None:
+        """Release the writer's lock (the lock file stays, as information)."""
+        if self._lock_file is None:
+            return
+        held = _HELD.get(self._lock_key)
+        if held is not None and held[0] is self._lock_file:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[self._lock_key]
+                self._lock_file.close()
+        self._lock_file = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _repair(self) -> None:
+        """Check the traces against the records, then cut a torn last line (so that the next
+        append starts on a clean line) and trace bytes no record points at. Nothing is changed
+        when the traces are shorter than the records need (RunDirError naming the damage)."""
+        records, clean = _scan(self.records_path) if self.records_path.exists() else ([], 0)
+        needed = self._check_traces(records)
+        if self.records_path.exists() and clean != self.records_path.stat().st_size:
+            _truncate(self.records_path, clean)
+        if self.traces_path.exists() and self.traces_path.stat().st_size > needed:
+            log.warning("%s: cutting %d bytes past the last recorded trace (a crash before its record was written)",
+                        self.traces_path, self.traces_path.stat().st_size - needed)
+            _truncate(self.traces_path, needed)
+
+    def _check_traces(self, records: list[dict]) -> int:
+        """The byte length of ``traces.bin`` the records need; RunDirError when it is shorter."""
+        size = self.traces_path.stat().st_size if self.traces_path.exists() else 0
+        needed = 0
+        for line, rec in enumerate(records, 1):
+            for step in rec.get("steps") or ():
+                if not step.get("trace"):
+                    continue
+                ref = TraceRef.from_json(step["trace"])
+                end = ref.offset + ref.n_tokens * trace_dtype(len(ref.columns), ref.n_alt).itemsize
+                if end > size:
+                    raise RunDirError(
+                        f"{self.traces_path} is truncated: {size} bytes, but record {line} (problem "
+                        f"{rec.get('problem_id')!r}) step {step.get('step')} needs bytes {ref.offset}..{end}; "
+                        f"restore the file, or start over with --overwrite")
+                needed = max(needed, end)
+        return needed
 
     def write_environment(self, info: dict) -> None:
-        _atomic_write(self.path / ENVIRONMENT, json.dumps(info, indent=2, default=str))
+        _atomic_write(self.path / ENVIRONMENT, dumps(info, indent=2, default=str))
 
     def finished_ids(self) -> set[str]:
         return {str(r["problem_id"]) for r in read_records(self.records_path)}
@@ -327,18 +474,105 @@ class RunDir:
         return TraceRef(offset, len(trace), tuple(columns), n_alt)
 
     def append(self, record: dict) -> None:
-        """Append one record as one line; durable when this returns."""
-        line = (json.dumps(record, allow_nan=True, separators=(",", ":")) + "\n").encode()
-        with open(self.records_path, "ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one record as one line (standard JSON); durable when this returns."""
+        append_line(self.records_path, record)
+
+
+def append_line(path: Path, record: dict) -> None:
+    """Append ``record`` to a JSON-lines file as one write of one line, flushed and fsynced."""
+    line = (dumps(record, separators=(",", ":")) + "\n").encode()
+    with open(path, "ab") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; RunDirError naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def is_marked(config: Any) -> bool:
+    """Whether a parsed ``config.json`` was written by this tool (a run directory): it carries
+    the marker, or it is a schema-1 run config (written before the marker existed)."""
+    if not isinstance(config, dict):
+        return False
+    return config.get(MARKER) is True or (config.get("schema") == 1 and {"config_hash", "config"} <= set(config))
+
+
+def _has_results(path: Path) -> bool:
+    """Whether ``path`` holds records or traces (main or shards): a run that is more than its config."""
+    names = [path / RECORDS, path / TRACES,
+             *[p for p in sorted((path / SHARDS).glob("records-*")) if SHARD_FILES.fullmatch(p.name)]]
+    return any(p.is_file() and p.stat().st_size > 0 for p in names)
+
+
+def _check_out_dir(path: Path, config_hash: str, overwrite: bool) -> dict | None:
+    """The parsed ``config.json`` of ``path`` (None when it has none), after checking that this
+    config may write there; RunDirError (one line) otherwise. Reads only."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path}: exists and is not a directory; choose another out_dir")
+    cfg_file = path / CONFIG
+    if not cfg_file.exists():
+        return None
+    existing = _read_json(cfg_file)
+    if not is_marked(existing):
+        raise RunDirError(f"{path} holds a config.json that tje did not write (no '{MARKER}' marker): it is not a "
+                          f"run directory and tje will not write or delete anything there; choose another out_dir")
+    if overwrite or existing.get("config_hash") == config_hash or not _has_results(path):
+        return existing
+    raise RunDirError(
+        f"{path} holds a run with config hash {existing.get('config_hash')}, but this config hashes "
+        f"to {config_hash}; use another out_dir, or --overwrite to start over")
+
+
+def remove_run_files(path: Path) -> list[Path]:
+    """Remove the files the tool writes in the run directory ``path`` (:data:`WRITTEN_FILES`, and
+    the record shards in ``shards/``), nothing else; the removed paths."""
+    removed = [path / name for name in WRITTEN_FILES if (path / name).is_file()]
+    shards = path / SHARDS
+    if shards.is_dir():
+        removed += [p for p in sorted(shards.iterdir()) if p.is_file() and SHARD_FILES.fullmatch(p.name)]
+    for p in removed:
+        p.unlink()
+    if shards.is_dir() and not any(p for p in shards.iterdir() if not p.name.endswith(".lock")):
+        for p in shards.iterdir():
+            p.unlink()
+        shards.rmdir()
+    _fsync_dir(path)
+    return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` all or nothing: a temporary file, fsynced, renamed over it,
+    and the directory fsynced (so that the rename survives a power cut)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def write_result(path: str | Path, result: dict) -> Path:
@@ -351,11 +585,18 @@ def write_result(path: str | Path, result: dict) -> Path:
 
 
 def load_config(run_dir: str | Path) -> dict:
-    """The ``config.json`` of a run: ``{"schema", "config_hash", "config"}``."""
-    return json.loads((Path(run_dir) / CONFIG).read_text())
+    """The ``config.json`` of a run: ``{"schema", "tje_run", "config_hash", "config"}``; RunDirError
+    when it is missing, not JSON, or not a run's config."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{path}: no such file; {run_dir} is not a run directory")
+    data = _read_json(path)
+    if not is_marked(data):
+        raise RunDirError(f"{path}: not a tje run config (no '{MARKER}' marker): {run_dir} is not a run directory")
+    return data
 
 
 def load_environment(run_dir: str | Path) -> dict:
     """The ``environment.json`` of a run (empty if the run has none yet)."""
     path = Path(run_dir) / ENVIRONMENT
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _read_json(path) if path.exists() else {}

@@ -52,13 +52,21 @@ class StepResult:
     prefill_time_s: float
 
 
+#: ``RefineResult.stopped``: why a problem ran fewer than ``steps`` steps. ``gate``: its step-1
+#: signal was at or below tau; ``context_full``: its next prompt leaves no room in the model's
+#: context (the steps it finished are kept).
+STOPPED = ("gate", "context_full")
+
+
 @dataclass
 class RefineResult:
-    """All steps of one problem, and where the gate stopped it."""
+    """All steps of one problem, and why it stopped early (``stopped``: one of :data:`STOPPED`,
+    None when it ran every step)."""
 
     problem_id: str
     steps: list[StepResult]
     prompt_hash: str
+    stopped: str | None = None
 
 
 def gate_value(step: StepResult, column: str, segment: str) -> float:
@@ -80,6 +88,7 @@ def refine(
     *,
     run_seed: int = 0,
     on_step: Callable[[int, int], None] | None = None,
+    on_tokens: Callable[[int, int], None] | None = None,
 ) -> list[RefineResult]:
     """Run the refinement loop over a batch of problems.
 
@@ -93,6 +102,12 @@ def refine(
             cache reuse on/off.
         decode: sampling settings and signals of every step.
         on_step: called with (step, tokens generated in it) after each batched step.
+        on_tokens: called with (step, tokens generated so far in it) while a step runs, at most
+            about once a second, by a backend with ``reports_progress`` (one host read each).
+
+    A problem whose next prompt leaves no room in ``backend.context_length`` stops before that
+    step (``stopped="context_full"``), its finished steps kept; the others go on. Step 1's prompts
+    must fit (else :class:`~tje_hf.errors.PromptTooLongError`).
 
     Returns:
         One :class:`RefineResult` per problem, in order.
@@ -113,11 +128,17 @@ def refine(
                 for i in active:
                     messages[i], prompts[i] = _next_prompt(family, tokenizer, config, messages[i],
                                                            results[i].steps[-1])
+                active = _fitting(active, prompts, results, backend.context_length)
+                if not active:
+                    break
             batch = [prompts[i] for i in active]
             seeds = [derive_seed(run_seed, results[i].problem_id, step) for i in active]
             # 2-3) generate; the backend reuses what it kept of each conversation (config.reuse_cache)
+            extra = {}
+            if on_tokens is not None and getattr(backend, "reports_progress", False):
+                extra["progress"] = lambda n, _step=step: on_tokens(_step, n)
             out = backend.generate(batch, decode, seeds=seeds, segment_rules=rules, conversation_ids=active,
-                                   reuse_cache=config.reuse_cache)
+                                   reuse_cache=config.reuse_cache, **extra)
             total = sum(r.n_generated for r in out.results) or 1
             for row, (i, res) in enumerate(zip(active, out.results, strict=True)):
                 seg = res.segments.tolist() if res.segments is not None else None
@@ -132,12 +153,30 @@ def refine(
             if step == 1 and config.policy == "gate":
                 h1 = {i: uncertainty(gate_value(results[i].steps[0], config.gate_column, config.gate_segment),
                                      config.gate_column) for i in active}
+                for i in active:
+                    if h1[i] <= config.tau:
+                        results[i].stopped = "gate"
                 active = [i for i in active if not h1[i] <= config.tau]
             if not active:
                 break
     finally:
         backend.drop_cache()
     return results
+
+
+def _fitting(active: list[int], prompts: list[list[int]], results: list[RefineResult],
+             context: int | None) -> list[int]:
+    """The active problems whose next prompt leaves room for a token in ``context``; the others
+    stop here (``context_full``)."""
+    if context is None:
+        return active
+    keep = []
+    for i in active:
+        if len(prompts[i]) < context:
+            keep.append(i)
+        else:
+            results[i].stopped = "context_full"
+    return keep
 
 
 def _next_prompt(family: Family, tokenizer, config: RefineConfig, messages: list[dict], prev: StepResult

@@ -11,6 +11,8 @@ n-th problem into its own records shard (data parallel over GPUs: one process pe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from .columns import signal_columns
 from .config import RunConfig, config_hash, to_dict
-from .errors import PromptTooLongError
+from .errors import ConfigError, ModelLoadError, PromptTooLongError, RunDirError
 from .models.families import make_family
 from .models.loading import LoadedModel, load_backend
 from .records import (
@@ -35,6 +37,10 @@ from .refinement import RefineResult, refine
 from .tasks import Problem, Task, load_task
 
 log = logging.getLogger(__name__)
+
+#: The key of ``config.json``'s ``config`` under which a run keeps the content hash of its task's
+#: problems (:func:`task_problems_hash`); a resume over a task whose problems changed is refused.
+TASK_HASH_KEY = "task_problems_hash"
 
 
 @dataclass
@@ -79,6 +85,56 @@ def _messages(cfg: RunConfig, problem: Problem) -> list[dict]:
     return msgs
 
 
+def task_problems_hash(task: Task) -> str:
+    """A content hash of the task's problems, in order: ids, questions, gold answers, answer
+    types and choices (what the prompts and the grading depend on)."""
+    rows = [[p.id, p.question, p.gold, p.answer_type, list(p.choices) if p.choices is not None else None]
+            for p in task.problems]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _check_task_unchanged(out_dir: str | Path, task_hash: str, overwrite: bool) -> None:
+    """Refuse to resume a run directory whose task's problems were different."""
+    out = Path(out_dir)
+    records = out / "records.jsonl"
+    if overwrite or not (out / "config.json").exists() or not records.exists() or records.stat().st_size == 0:
+        return  # nothing recorded yet: the directory may take the new task (records.py re-initialises it)
+    held = load_config(out).get("config", {}).get(TASK_HASH_KEY)
+    if held is not None and held != task_hash:
+        raise RunDirError(f"{out} holds a run over other problems: the task's problems changed since it "
+                          f"started (content hash {held}, now {task_hash}); restore the task, use another "
+                          f"out_dir, or --overwrite to start over")
+
+
+def _check_signals(cfg: RunConfig, lm: LoadedModel) -> None:
+    """A top-k larger than the model's vocabulary is an error (its column would equal the full
+    entropy)."""
+    vocab = getattr(lm.backend, "vocab_size", None) or len(lm.backend.tokenizer)
+    too_big = [k for k in cfg.decode.signals.ks if k > vocab]
+    if too_big:
+        raise ConfigError(f"decode.signals.ks = {list(cfg.decode.signals.ks)}: {too_big} exceed the model's "
+                          f"vocabulary of {vocab} tokens; use top-k sizes up to {vocab}")
+
+
+def _check_logits(batch, results: list[RefineResult]) -> None:
+    """Fail when a step's logits were invalid (NaN, or no finite entry) at every token; warn
+    per problem and step where only some were."""
+    dead, partial = [], []
+    for (_, problem), result in zip(batch, results, strict=True):
+        for step in result.steps:
+            gen = step.generation
+            if gen.n_invalid and gen.n_invalid >= gen.n_generated:
+                dead.append(f"{problem.id} step {step.step}")
+            elif gen.n_invalid:
+                partial.append(f"{problem.id} step {step.step} ({gen.n_invalid}/{gen.n_generated} tokens)")
+    for where in partial:
+        log.warning("invalid (NaN or non-finite) logits at some tokens of problem %s; their signals are "
+                    "left out of the means", where)
+    if dead:
+        raise ModelLoadError(f"the model's logits were invalid (NaN or no finite value) at every token of: "
+                             f"{', '.join(dead)}; check the model's dtype and quantization (float16 overflow?)")
+
+
 def _record(cfg: RunConfig, chash: str, lm: LoadedModel, task: Task, problem: Problem, index: int,
             result: RefineResult, run: RunDir, columns: tuple[str, ...]) -> dict:
     """Grade every step of ``result``, append the traces, and build the problem's record."""
@@ -88,9 +144,11 @@ def _record(cfg: RunConfig, chash: str, lm: LoadedModel, task: Task, problem: Pr
         trace = step_trace(step.generation, columns) if cfg.decode.signals.trace else None
         ref = run.append_trace(trace, columns) if trace is not None else None
         steps.append(step_record(step, grade, ref))
-    return problem_record(result, steps, problem=problem, index=index, task=task.name, config_hash=chash,
+    record = problem_record(result, steps, problem=problem, index=index, task=task.name, config_hash=chash,
                           model=cfg.model.name_or_path, model_revision=lm.revision, family=lm.family,
-                          policy=cfg.refine.policy)
+                          policy=cfg.refine.policy, prompt=lm.tokenizer.decode(result.steps[0].prompt_ids))
+    record["stopped"] = result.stopped  # why it ran fewer than refine.steps steps (None: it ran them all)
+    return record
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: LoadedModel | None = None,
@@ -112,32 +170,72 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
     task = task or load_task(cfg.task)
     chash = config_hash(cfg)
     records_name = "records.jsonl" if shard is None else f"shards/records-{shard[0]}.jsonl"
-    if shard is not None:
-        (Path(cfg.out_dir) / "shards").mkdir(parents=True, exist_ok=True)
-    run_dir = RunDir.open(cfg.out_dir, to_dict(cfg), chash, overwrite=overwrite and (shard is None or shard[0] == 0),
+    task_hash = task_problems_hash(task)
+    opening_over = overwrite and (shard is None or shard[0] == 0)
+    _check_task_unchanged(cfg.out_dir, task_hash, opening_over)
+    run_dir = RunDir.open(cfg.out_dir, {**to_dict(cfg), TASK_HASH_KEY: task_hash}, chash, overwrite=opening_over,
                           records_name=records_name)
-    indexed = list(enumerate(task.problems))
-    if shard is not None:
-        indexed = [(i, p) for i, p in indexed if i % shard[1] == shard[0]]
-    done = run_dir.finished_ids()
-    todo = [(i, p) for i, p in indexed if p.id not in done]
-    if todo:
-        # The memory check before loading sizes the KV cache for this run's batch and for the
-        # longest conversation it can build (a prompt allowance plus every step's tokens).
-        context = 2048 + cfg.refine.steps * cfg.decode.max_new_tokens
-        lm = lm or load_backend(cfg.model, cfg.backend, device=device, batch_size=cfg.batch_size,
-                                context_tokens=context)
-        env = environment_info({
-            "model_revision": lm.revision, "model_source": lm.source, "family": lm.family, "backend": cfg.backend,
-            **lm.backend.describe(), "task_source": task.source, "n_problems": len(task.problems)})
-        if shard is None:
-            run_dir.write_environment(env)
-        elif shard[0] == 0:
-            run_dir.write_environment({**env, "shards": shard[1]})
-        _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem)
-    records = run_dir.records()
+    try:
+        indexed = list(enumerate(task.problems))
+        if shard is not None:
+            indexed = [(i, p) for i, p in indexed if i % shard[1] == shard[0]]
+        done = run_dir.finished_ids()
+        todo = [(i, p) for i, p in indexed if p.id not in done]
+        if todo:
+            # The memory check before loading sizes the KV cache for this run's batch and for the
+            # longest conversation it can build (a prompt allowance plus every step's tokens).
+            context = 2048 + cfg.refine.steps * cfg.decode.max_new_tokens
+            lm = lm or load_backend(cfg.model, cfg.backend, device=device, batch_size=cfg.batch_size,
+                                    context_tokens=context)
+            _check_signals(cfg, lm)
+            env = environment_info({
+                "model_revision": lm.revision, "model_source": lm.source, "family": lm.family, "backend": cfg.backend,
+                **lm.backend.describe(), "task_source": task.source, "n_problems": len(task.problems)})
+            if shard is None:
+                run_dir.write_environment(env)
+            elif shard[0] == 0:
+                run_dir.write_environment({**env, "shards": shard[1]})
+            _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem)
+        records = run_dir.records()
+    finally:
+        run_dir.close()  # releases the run directory's lock
     summary = summarize(run_dir.path, records, time.perf_counter() - start, len(todo))
     return summary
+
+
+class ProgressMeter:
+    """Moves a problems bar with the tokens of a batch: ``on_tokens`` (a step's tokens so far,
+    reported by the backend about once a second) within a step, ``on_step`` exactly at each
+    step's end. The postfix shows the step, its tokens, the tokens per second of the run and an
+    upper bound on the step's time left (every row running to ``max_new_tokens``)."""
+
+    def __init__(self, bar, steps: int, max_new_tokens: int, clock=time.perf_counter):
+        self.bar, self.steps, self.max_new, self.clock = bar, steps, max_new_tokens, clock
+        self.tokens, self.t0 = 0, clock()
+        self.rows, self.base = 0, 0.0
+        self.reports = 0
+
+    def start_batch(self, rows: int) -> None:
+        self.rows, self.base = rows, float(self.bar.n)
+
+    def _move_to(self, target: float) -> None:
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def on_tokens(self, step: int, n_tokens: int) -> None:
+        self.reports += 1
+        fraction = min(n_tokens / max(self.rows * self.max_new, 1), 0.99)
+        self._move_to(self.base + self.rows * (step - 1 + fraction) / self.steps)
+        rate = (self.tokens + n_tokens) / max(self.clock() - self.t0, 1e-9)
+        left = max(self.rows * self.max_new - n_tokens, 0) / max(rate, 1e-9)
+        self.bar.set_postfix_str(f"step {step}/{self.steps}: {n_tokens} tok, {rate:.1f} tok/s, "
+                                 f"step <= {left:.0f}s left")
+
+    def on_step(self, step: int, n_tokens: int) -> None:
+        self.tokens += n_tokens
+        self._move_to(self.base + self.rows * step / self.steps)
+        rate = self.tokens / max(self.clock() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"step {step}/{self.steps}, {rate:.1f} tok/s")
 
 
 def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> None:
@@ -147,31 +245,25 @@ def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> N
                          enable_thinking=cfg.model.enable_thinking)
     columns = signal_columns(cfg.decode.signals.ks)
     steps = cfg.refine.steps
-    # The bar counts problems, advancing by a fraction at each refinement step of a batch, so that
-    # its rate and time left are meaningful long before the first batch ends.
+    # The bar counts problems, advancing by a fraction at each refinement step of a batch and,
+    # within a step, with the tokens generated so far, so that its rate and time left are
+    # meaningful long before the first batch ends.
     bar = tqdm(total=len(todo), desc="problems", unit="problem", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}{postfix}]")
-    tokens, t0 = 0, time.perf_counter()
-    batch_size = 0
-
-    def on_step(step: int, n_tokens: int) -> None:
-        nonlocal tokens
-        tokens += n_tokens
-        bar.update(batch_size / steps)
-        bar.set_postfix_str(f"step {step}/{steps}, {tokens / max(time.perf_counter() - t0, 1e-9):.1f} tok/s")
-
+    meter = ProgressMeter(bar, steps, cfg.decode.max_new_tokens)
     try:
         for b in range(0, len(todo), cfg.batch_size):
             batch = todo[b:b + cfg.batch_size]
-            batch_size = len(batch)
+            meter.start_batch(len(batch))
             start_n = bar.n
             try:
                 results = refine(lm.backend, family, [_messages(cfg, p) for _, p in batch],
                                  [p.id for _, p in batch], cfg.refine, cfg.decode, run_seed=cfg.seed,
-                                 on_step=on_step)
+                                 on_step=meter.on_step, on_tokens=meter.on_tokens if progress else None)
             except PromptTooLongError as exc:
                 ids = ", ".join(p.id for _, p in batch)
                 raise PromptTooLongError(f"problems {ids}: {exc}") from None
+            _check_logits(batch, results)
             for (index, problem), result in zip(batch, results, strict=True):
                 record = _record(cfg, chash, lm, task, problem, index, result, run_dir, columns)
                 run_dir.append(record)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,8 +47,10 @@ from .outputs import (  # GenerationOutput, SequenceResult, left_pad, pad_token_
 )
 from .sampling import SeededSampler
 from .tracker import (
+    STOP_CONTEXT,
     STOP_REASONS,
     EntropyTracker,
+    ProgressReport,
     TokenBudgetStop,
     WindowMeanStop,
 )
@@ -233,12 +235,23 @@ def generate_batch(
     cache: Any = None,
     token_budget: Sequence[int] | None = None,
     logits_processor: Sequence = (),
+    progress: Callable[[int], None] | None = None,
+    progress_interval: float = 1.0,
 ) -> GenerationOutput:
     """The one ``model.generate`` call, on a prepared left-padded batch ``(B, L)``.
 
     ``cache`` must hold exactly the first ``cache.get_seq_length() < L`` columns of
     ``input_ids`` (build it with :func:`tje_hf.generation.kvcache.plan_reuse`); it is extended in place and
-    returned in ``GenerationOutput.cache``.
+    returned in ``GenerationOutput.cache`` (the model's cache is turned on for the call, whatever
+    its generation config says).
+
+    No row runs past the model's context: the call generates at most ``context - shortest
+    prompt`` tokens, and a row whose own prompt leaves less room stops there with the stop reason
+    ``context_full``.
+
+    ``progress``: called with the tokens generated so far in this call, at most once per
+    ``progress_interval`` seconds (:class:`~tje_hf.generation.tracker.ProgressReport`: one host
+    read per report, none per step).
     """
     device = model.device
     B, L = input_ids.shape
@@ -249,10 +262,7 @@ def generate_batch(
     prompt_lengths = attention_mask.sum(-1).tolist()
     context = getattr(model.config, "max_position_embeddings", None)
     check_prompts_fit(prompt_lengths, context)
-    longest = max(prompt_lengths)
-    max_new = config.max_new_tokens
-    if context is not None and longest + max_new > context:
-        max_new = context - longest  # the context, not max_new_tokens, is the binding limit
+    max_new, room = context_room(prompt_lengths, config.max_new_tokens, context)
     seeds = row_seeds(seeds, config, B)
 
     sig = config.signals
@@ -261,8 +271,14 @@ def generate_batch(
                              trace_alternatives=sig.trace_alternatives, full_vocab=sig.full_vocab)
     processors = _processors(config, seeds, device, logits_processor)
     criteria = _criteria(config, tracker, token_budget, device)
+    if room is not None:  # after the caller's budget: a row stopped by both keeps "token_budget"
+        criteria.append(TokenBudgetStop(tracker, torch.as_tensor(room, device=device), code=STOP_CONTEXT))
+    if progress is not None:
+        criteria.append(ProgressReport(tracker, progress, progress_interval))
     gen_config = build_generation_config(model, config, max_new, pad_token_id(tokenizer))
     kwargs = {cache_kwarg(model): cache} if cache is not None else {}
+    if cache is not None:
+        gen_config.use_cache = True  # a checkpoint may ship use_cache: false; reuse needs the cache filled
     sync_device(device)
     start = time.perf_counter()
     tracker.start_clock()
@@ -280,6 +296,18 @@ def generate_batch(
                             tokens_per_s=tokens_per_second(results, wall),
                             sequences=out.sequences, prompt_length=L, cache=output_cache(out),
                             prefill_time_s=tracker.prefill_seconds(), reuse=reuse)
+
+
+def context_room(prompt_lengths: Sequence[int], max_new_tokens: int, context: int | None
+                 ) -> tuple[int, list[int] | None]:
+    """``(max_new, room)``: the call's token limit, ``max_new_tokens`` cut to what the shortest
+    prompt leaves in ``context``, and per row the tokens its own prompt leaves (None when every
+    row has room for ``max_new``, or the context is unknown)."""
+    if context is None:
+        return max_new_tokens, None
+    max_new = max(min(max_new_tokens, context - min(prompt_lengths)), 1)
+    room = [context - n for n in prompt_lengths]
+    return max_new, (room if min(room) < max_new else None)
 
 
 def _processors(config: DecodeConfig, seeds: Sequence[int], device, extra: Sequence) -> LogitsProcessorList:
@@ -302,7 +330,7 @@ def _criteria(config: DecodeConfig, tracker: EntropyTracker, token_budget: Seque
     criteria = StoppingCriteriaList()
     ws = config.window_stop
     if ws is not None:
-        criteria.append(WindowMeanStop(tracker, ws.column, ws.threshold, ws.window, ws.min_tokens, ws.direction))
+        criteria.append(WindowMeanStop(tracker, ws.column, ws.threshold, ws.window, ws.min_tokens))
     budget = token_budget if token_budget is not None else config.token_budget
     if budget is not None:
         criteria.append(TokenBudgetStop(tracker, torch.as_tensor(budget, device=device)))
@@ -347,6 +375,9 @@ class HfBackend:
 
     name: ClassVar[str] = "hf"
     manages_prefix_cache: ClassVar[bool] = False
+    #: :meth:`generate` takes ``progress`` (tokens so far, at a low rate); the refinement loop
+    #: passes it only to a backend that says so.
+    reports_progress: ClassVar[bool] = True
 
     def __init__(self, model, tokenizer):
         self.model = model
@@ -366,6 +397,14 @@ class HfBackend:
     def eos_token_ids(self) -> tuple[int, ...]:
         return eos_token_ids(self.model, self.tokenizer)
 
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits (the vocabulary every top-k is taken over)."""
+        head = self.model.get_output_embeddings()
+        if head is not None and getattr(head, "weight", None) is not None:
+            return int(head.weight.shape[0])
+        return int(self.model.config.vocab_size)
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -376,10 +415,14 @@ class HfBackend:
         token_budget: Sequence[int] | None = None,
         conversation_ids: Sequence[Hashable] | None = None,
         reuse_cache: bool = False,
+        progress: Callable[[int], None] | None = None,
+        progress_interval: float = 1.0,
     ) -> GenerationOutput:
         """See :meth:`tje_hf.generation.backend.Backend.generate`. ``reuse`` modes: ``none``
         (nothing held for the row's conversation, or ``reuse_cache`` off), ``reused`` (the cache
-        cut back to the common prefix), ``fresh`` (a needed state was gone: a full prefill)."""
+        cut back to the common prefix), ``fresh`` (a needed state was gone, or a layer cannot be
+        cut back, e.g. a linear-attention layer: a full prefill). ``progress``: see
+        :func:`generate_batch`."""
         batch = [[int(t) for t in p] for p in prompts]
         if not batch or not all(batch):
             raise ValueError("HfBackend.generate: no prompts, or an empty one")
@@ -391,7 +434,8 @@ class HfBackend:
         if reuse_cache and cache is None:
             cache = new_cache(self.model)  # sliding-window layers record their past, for the next cut
         out = generate_batch(self.model, self.tokenizer, plan.input_ids, plan.attention_mask, decode, seeds=seeds,
-                             segment_rules=segment_rules, cache=cache, token_budget=token_budget)
+                             segment_rules=segment_rules, cache=cache, token_budget=token_budget,
+                             progress=progress, progress_interval=progress_interval)
         out.reuse = [ReuseStats(plan.mode, r, p, c)
                      for r, p, c in zip(plan.reused, plan.prefilled, plan.common_prefix, strict=True)]
         if reuse_cache:

@@ -20,7 +20,9 @@ The plan for a batch of next prompts ``new[b]`` (unpadded token lists):
 Rows whose reusable prefix is longer than the batch needs recompute ``R - (len(new[b]) - lcp[b])``
 tokens; with a batch of one, or equal remainders, ``prefilled = len(new) - lcp`` exactly.
 Sliding-window layers must have recorded their past (``activate_past_recording``, done by
-:func:`new_cache`); where a needed state is gone, the plan says ``fresh`` and nothing is reused.
+:func:`new_cache`); where a needed state is gone, or a layer is not a plain key/value layer
+(linear-attention layers hold a recurrent state that cannot be cut back), the plan says
+``fresh`` and nothing is reused.
 """
 
 from __future__ import annotations
@@ -30,9 +32,19 @@ from dataclasses import dataclass
 import torch
 
 try:  # the cache classes moved between releases; 5.x keeps them here
-    from transformers.cache_utils import Cache, DynamicCache
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 except ImportError:  # pragma: no cover - very old transformers
     from transformers import Cache, DynamicCache
+    DynamicLayer = DynamicSlidingWindowLayer = None
+
+try:
+    from transformers.cache_utils import DummyLayer
+except ImportError:  # pragma: no cover - releases without shared/attention-free layers
+    DummyLayer = None
+
+#: Layer classes :func:`compact` can cut back (exactly these: a subclass may hold more state, e.g.
+#: an indexer's keys or a linear-attention layer's recurrent state, that a cut would leave stale).
+CUTTABLE_LAYERS = tuple(c for c in (DynamicLayer, DynamicSlidingWindowLayer) if c is not None)
 
 from .outputs import left_pad
 
@@ -130,15 +142,33 @@ def plan_reuse(prefix: CachedPrefix | None, new: list[list[int]], pad_id: int, d
     return ReusePlan(ids, mask, cache, keep, [len(x) - k for x, k in zip(new, keep, strict=True)], lcp, "reused")
 
 
+def cuttable(cache: Cache) -> bool:
+    """Whether every layer of ``cache`` is a plain key/value layer (or holds nothing) that
+    :func:`compact` can cut back to a prefix. A linear-attention layer (Qwen3-Next, hybrid
+    models) keeps a recurrent state of the whole past instead: it cannot be cut, only recomputed."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return False
+    for layer in layers:
+        if DummyLayer is not None and type(layer) is DummyLayer:
+            continue
+        if type(layer) not in CUTTABLE_LAYERS:
+            return False
+    return True
+
+
 def compact(prefix: CachedPrefix, rows: list[int], keep: list[int], width: int) -> Cache | None:
     """Rebuild ``prefix.cache`` so that row ``b`` holds the first ``keep[b]`` real tokens of source
     row ``rows[b]``, right-aligned in ``width`` columns (left padding, none in the middle).
 
     Works on every ``DynamicCache`` layer: full layers keep all columns; sliding-window layers
     keep the last ``window - 1``. Returns None when a needed state is no longer held (a sliding
-    layer that did not record its past), so the caller must prefill from scratch.
+    layer that did not record its past), or when a layer is not a key/value layer that can be cut
+    (:func:`cuttable`), so the caller must prefill from scratch.
     """
     cache = prefix.cache
+    if not cuttable(cache):
+        return None
     P = prefix.ids.shape[1]
     device = prefix.ids.device
     # Column (in the old layout) of each real token, per source row.
@@ -155,7 +185,7 @@ def compact(prefix: CachedPrefix, rows: list[int], keep: list[int], width: int) 
             gather[b, width - len(cols):] = cols.to(device)
     src_rows = torch.tensor(rows, dtype=torch.long, device=device)
     for layer in cache.layers:
-        keys, values = layer.keys, layer.values  # (B_old, H, held, D)
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)  # (B_old, H, held, D)
         if keys is None or not torch.is_tensor(keys) or keys.numel() == 0:
             continue
         held = keys.shape[-2]

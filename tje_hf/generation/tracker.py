@@ -21,17 +21,18 @@ import time
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from ..columns import SEGMENTS, signal_columns
+from ..columns import SEGMENTS, higher_is_uncertain, signal_columns
 from ..models.segments import ANSWER, GENERIC, HEADER_ANSWER, REASONING, SegmentMachine, SegmentRules
 from .signals import all_signals
 
-STOP_RUNNING, STOP_EOS, STOP_MAX_NEW_TOKENS, STOP_WINDOW, STOP_BUDGET = 0, 1, 2, 3, 4
+STOP_RUNNING, STOP_EOS, STOP_MAX_NEW_TOKENS, STOP_WINDOW, STOP_BUDGET, STOP_CONTEXT = 0, 1, 2, 3, 4, 5
 STOP_REASONS = {
     STOP_RUNNING: "running",
     STOP_EOS: "eos",
     STOP_MAX_NEW_TOKENS: "max_new_tokens",
     STOP_WINDOW: "window_stop",
     STOP_BUDGET: "token_budget",
+    STOP_CONTEXT: "context_full",  # the row's prompt plus its tokens filled the model's context
 }
 
 
@@ -216,16 +217,15 @@ class WindowMeanStop(StoppingCriteria):
     """Stops a row when the mean of a signal over its last ``window`` tokens crosses ``threshold``.
 
     Reads the tracker's device state; returns a ``(B,)`` bool tensor; never reads to the host.
-    ``direction="above"``: stop when the window mean > threshold; ``"below"``: when < threshold.
+    The direction follows the column (:func:`tje_hf.columns.higher_is_uncertain`): an uncertainty
+    stops the row when its window mean rises above ``threshold``, a confidence when it falls below.
     Fires only after ``min_tokens`` generated tokens, and not on a token that ends the row anyway.
     """
 
     def __init__(self, tracker: EntropyTracker, column: str, threshold: float, window: int,
-                 min_tokens: int, direction: str = "above"):
+                 min_tokens: int):
         if column not in tracker.columns:
             raise ValueError(f"window stop: unknown signal column {column!r}; have {tracker.columns}")
-        if direction not in ("above", "below"):
-            raise ValueError(f"window stop: direction must be 'above' or 'below', got {direction!r}")
         if window < 1 or min_tokens < window:
             raise ValueError(f"window stop: need 1 <= window <= min_tokens, got window={window}, "
                              f"min_tokens={min_tokens}")
@@ -234,7 +234,7 @@ class WindowMeanStop(StoppingCriteria):
         self.threshold = float(threshold)
         self.window = window
         self.min_tokens = min_tokens
-        self.direction = direction
+        self.above = higher_is_uncertain(column)
         B = tracker.n_generated.shape[0]
         self.ring = torch.zeros(B, window, dtype=torch.float32, device=tracker.device)
         self.ring_sum = torch.zeros(B, dtype=torch.float32, device=tracker.device)
@@ -248,7 +248,7 @@ class WindowMeanStop(StoppingCriteria):
         self.ring[:, slot] = value
         self.pos += 1
         mean = self.ring_sum / min(self.pos, self.window)
-        crossed = mean > self.threshold if self.direction == "above" else mean < self.threshold
+        crossed = mean > self.threshold if self.above else mean < self.threshold
         t = self.tracker
         fire = t._pending_alive & (t.n_generated >= self.min_tokens) & crossed & ~t.is_eos(token)
         t.mark_stopped(fire, STOP_WINDOW)
@@ -256,10 +256,13 @@ class WindowMeanStop(StoppingCriteria):
 
 
 class TokenBudgetStop(StoppingCriteria):
-    """Stops each row once it has generated ``budget[row]`` tokens (``budget`` ``(B,)`` or an int)."""
+    """Stops each row once it has generated ``budget[row]`` tokens (``budget`` ``(B,)`` or an int).
+    ``code`` is the stop reason it records (:data:`STOP_BUDGET`; :data:`STOP_CONTEXT` where the
+    budget is the room a row's prompt leaves in the model's context)."""
 
-    def __init__(self, tracker: EntropyTracker, budget: torch.Tensor | int):
+    def __init__(self, tracker: EntropyTracker, budget: torch.Tensor | int, code: int = STOP_BUDGET):
         self.tracker = tracker
+        self.code = code
         B = tracker.n_generated.shape[0]
         self.budget = torch.as_tensor(budget, dtype=torch.long, device=tracker.device).expand(B).clone()
         if bool((self.budget < 1).any()):
@@ -268,5 +271,35 @@ class TokenBudgetStop(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         t = self.tracker
         fire = t._pending_alive & (t.n_generated >= self.budget) & ~t.is_eos(input_ids[:, -1])
-        t.mark_stopped(fire, STOP_BUDGET)
+        t.mark_stopped(fire, self.code)
         return fire
+
+
+class ProgressReport(StoppingCriteria):
+    """Reports the tokens generated so far in a call, at a low rate; never stops a row.
+
+    At most once per ``interval`` seconds of wall time (``time.monotonic``, checked on the host at
+    every step at no device cost), it reads ``tracker.n_generated.sum()`` back to the host (one
+    sync) and calls ``callback(tokens)``. So a step costs no host read unless the interval has
+    passed: at most ``1 / interval`` reads per second, whatever the decoding speed. ``reads``
+    counts them.
+    """
+
+    def __init__(self, tracker: EntropyTracker, callback, interval: float = 1.0):
+        if interval <= 0:
+            raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
+        self.tracker = tracker
+        self.callback = callback
+        self.interval = float(interval)
+        self.next_report = time.monotonic() + self.interval
+        self.reads = 0
+        B = tracker.n_generated.shape[0]
+        self._never = torch.zeros(B, dtype=torch.bool, device=tracker.device)
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        now = time.monotonic()
+        if now >= self.next_report:
+            self.reads += 1
+            self.callback(int(self.tracker.n_generated.sum()))
+            self.next_report = time.monotonic() + self.interval
+        return self._never
