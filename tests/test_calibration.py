@@ -399,3 +399,9 @@ def test_register_threshold_rejects_bad_input(registry, args, kwargs, error, mat
         registry.unregister_threshold("mean")
     with pytest.raises(KeyError, match="no threshold method 'nope'"):
         registry.unregister_threshold("nope")
+
+
+def test_none_among_correctness_values_is_a_one_line_error():
+    # What records hold for an unparseable answer: calibrate() says what to do with it.
+    with pytest.raises(ValueError, match=r"booleans, got None at index 1 .*unparseable answer: pass False"):
+        calibrate([1.0, 2.0, 1.5], [True, None, False])

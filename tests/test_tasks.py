@@ -419,3 +419,10 @@ def test_problem_validates_choice_gold():
         Problem(id="x", question="?", gold="1", answer_type="number")
     p = Problem(id="x", question="?", gold="1", metadata={"k": [1]})
     assert hash(p) == hash(Problem(id="x", question="?", gold="1"))
+
+
+def test_an_empty_local_task_file_is_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(TaskError, match="the file has no rows"):
+        load_task(TaskConfig(name="local", path=str(empty), columns={"question": "q", "answer": "a"}))

@@ -316,8 +316,12 @@ def _examples(entropies, correct) -> tuple[np.ndarray, np.ndarray]:
     if len(h) == 0:
         raise ValueError("calibrate needs at least one example, got none")
     if ok.dtype != bool:
-        if not np.isin(ok, (0, 1)).all():
-            raise ValueError(f"correct must hold booleans, got {ok[~np.isin(ok, (0, 1))][0].item()!r}")
+        values = ok.tolist()
+        bad_ok = [i for i, c in enumerate(values) if c is None or c not in (0, 1)]
+        if bad_ok:
+            first = values[bad_ok[0]]
+            hint = " (an unparseable answer: pass False, as calibrate_records does, or drop it)" if first is None else ""
+            raise ValueError(f"correct must hold booleans, got {first!r} at index {bad_ok[0]}{hint}")
         ok = ok.astype(bool)
     bad = np.flatnonzero(~np.isfinite(h))
     if len(bad):

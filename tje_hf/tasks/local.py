@@ -132,6 +132,8 @@ def load_local(cfg: TaskConfig) -> Task:
         rows = [dict(row) for row in load_dataset(builder, data_files=str(path), split=split)]
     except ValueError as exc:
         raise TaskError(f"task.path = {cfg.path!r}: cannot read it as {builder} (split {split!r}): {exc}") from exc
+    except StopIteration:  # datasets' JSON reader on an empty file
+        rows = []
     if not rows:
         raise TaskError(f"task.path = {cfg.path!r}: the file has no rows")
     return Task(name=cfg.name, problems=local_problems(rows, cfg.columns, cfg.answer_type, str(path)),
