@@ -299,3 +299,13 @@ def test_hub_task_offline_is_one_line_that_names_task_path(tmp_path):
     assert line.startswith("tje: error: task 'aime24': dataset 'HuggingFaceH4/aime_2024'")
     assert "task.path=<local copy>" in line and "JSONL, CSV or parquet file" in line
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_missing_local_model_directory_is_named_as_such(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {{name_or_path: {tmp_path / 'no-such-model'}}}\ntask: {{name: arith, size: 2}}\n"
+                   f"out_dir: {tmp_path / 'out'}\n")
+    assert main(["run", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tje: error: model.name_or_path = ") and "no such directory" in err[-1]
+    assert "Repo id" not in err[-1]

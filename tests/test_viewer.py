@@ -189,6 +189,7 @@ def build_crafted_run(path: Path) -> Path:
                           "counts": {g: xss(f"counts_{g}") for g in counts}, "trace": ref.to_json()})
         run.append({"schema": 1, "problem_id": f"p-{index}{xss('problem_id')}", "index": xss("index"),
                     "task": xss("task"), "gold": xss("gold"), "model": xss("model") + " {{JS}} {{PAYLOAD}}",
+                    "question": xss("question"), "prompt": xss("prompt"),
                     "policy": xss("policy"), "n_steps": xss("n_steps"), "steps": steps})
     return path
 
@@ -624,3 +625,17 @@ def test_gate_run_page_shows_the_runs_decisions(driver, gate_html: Path):
     _open(driver, gate_html, "g-2")
     gate_row = driver.find_element(By.CSS_SELECTOR, "table.gate tbody tr.run")
     assert "ran all 3 steps (the run's decision)" in gate_row.text and "(step 3)" in gate_row.text
+
+
+def test_the_problem_page_shows_the_question_and_the_prompt(tmp_path: Path):
+    run = build_run(tmp_path / "run")
+    lines = (run / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for rec in records:
+        rec["question"], rec["prompt"] = f"What is {rec['index']} + 1?", f"<|user|>What is {rec['index']} + 1?"
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    index, _ = read_payload(write_viewer(run, decode=decode))
+    assert [p["question"] for p in index["problems"]] == [r["question"] for r in records]
+    assert [p["prompt"] for p in index["problems"]] == [r["prompt"] for r in records]
+    js = (files("tje_hf.viewer") / "static" / "viewer.js").read_text()
+    assert "esc(p.question)" in js and "esc(p.prompt)" in js  # shown as text, never as markup

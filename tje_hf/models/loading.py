@@ -160,6 +160,9 @@ def resolve_source(spec: ModelSpec) -> tuple[str, str | None, dict[str, Any]]:
         source = str(path)
     else:
         source = spec.name_or_path
+        if _looks_like_a_path(source) and not Path(source).expanduser().is_dir():
+            raise ModelLoadError(f"model.name_or_path = {source!r}: no such directory (a Hub id has the "
+                                 f"form 'namespace/name', e.g. 'openai/gpt-oss-20b')")
         if spec.revision:
             kwargs["revision"] = spec.revision
         if spec.gguf_file:
@@ -167,6 +170,12 @@ def resolve_source(spec: ModelSpec) -> tuple[str, str | None, dict[str, Any]]:
     if spec.trust_remote_code:
         kwargs["trust_remote_code"] = True
     return source, revision, kwargs
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A local path rather than a Hub id: absolute, relative to here or home, or with more than
+    one '/' (a Hub id is 'name' or 'namespace/name')."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
 def load_tokenizer(source: str, spec: ModelSpec, kwargs: dict[str, Any]):

@@ -267,6 +267,8 @@ def _index_row(rec: dict, signal: str) -> dict:
     """One problem's row of the index (the values of the record as they are: the page escapes them)."""
     steps = rec.get("steps", [])
     return {"id": str(rec["problem_id"]), "index": rec.get("index"), "task": rec.get("task"), "gold": rec.get("gold"),
+            # the question and the rendered step-1 prompt (records of schema 2; None before)
+            "question": rec.get("question"), "prompt": rec.get("prompt"),
             "policy": rec.get("policy"), "n_steps": rec.get("n_steps", len(steps)),
             "h1": _step_mean(steps[0], "all", signal) if steps else None,
             "steps": [{"step": s.get("step"), "correct": s.get("correct"), "answer": s.get("answer"),

@@ -290,6 +290,11 @@ function showProblem(i) {
   let h = '<h1 tabindex="-1">Problem ' + esc(p.id) + '</h1><p class="meta">' + esc(D.task || "") + (p.index !== null ? ' #' + esc(p.index) : "")
     + ' · gold answer <b>' + esc(p.gold ?? "?") + '</b> · ' + p.steps.length + ' step' + (p.steps.length === 1 ? "" : "s") + ' recorded (policy '
     + esc(p.policy || "?") + ') · model ' + esc(D.model || "?") + '</p>';
+  if (p.question != null) {
+    h += '<section aria-labelledby="q-h"><h2 id="q-h">Question</h2><blockquote class="question">' + esc(p.question) + '</blockquote>'
+      + (p.prompt != null ? '<details><summary>the rendered step-1 prompt</summary><pre class="prompt">' + esc(p.prompt) + '</pre></details>' : "")
+      + '</section>';
+  }
   h += '<section aria-labelledby="gate-h"><h2 id="gate-h">Gate</h2><p class="note">' + (G
     ? "This run (policy gate) used τ = <b>" + fmt(G.tau) + "</b> on the step-1 mean " + esc(G.column) + " (" + esc(G.unit)
       + (G.negated ? ", negated" : "") + ", segment " + esc(G.segment) + "): H₁ = <b>" + fmt(p.gate ? p.gate.u : null) + "</b>. "
