@@ -23,7 +23,7 @@ from tje_hf.config import packaged_configs
 from tje_hf.runner import summarize
 from tje_hf.viewer import read_payload
 
-COMMANDS = ("run", "demo", "configs", "report", "compare", "view", "calibrate", "merge", "export")
+COMMANDS = ("run", "demo", "configs", "report", "compare", "view", "calibrate", "merge", "export", "regrade")
 
 
 def flat(text: str) -> str:

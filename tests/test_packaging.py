@@ -24,7 +24,7 @@ PATH_RE = re.compile(
     r"(?<![\w./~$-])((?:\.\./)?[A-Za-z0-9_.*-]+(?:/[A-Za-z0-9_.*-]+)+"
     r"\.(?:py|sh|yaml|yml|md|png|json|jsonl|html|js|css|toml|csv|jinja))\b")
 # Paths the docs name that a run or a script writes, not files of the repository.
-OUTPUT_PREFIXES = ("runs/", "RUN_DIR/", "report/", "~/", "$")
+OUTPUT_PREFIXES = ("runs/", "RUN_DIR/", "report/", "shards/", "~/", "$")
 OUT_ARG_RE = re.compile(r"(?:--out[= ]|default=\")(\S+)")
 
 
