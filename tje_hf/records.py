@@ -565,8 +565,9 @@ def _fsync_dir(path: Path) -> None:
 
 def _atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` all or nothing: a temporary file, fsynced, renamed over it,
-    and the directory fsynced (so that the rename survives a power cut)."""
-    tmp = path.with_name(path.name + ".tmp")
+    and the directory fsynced (so that the rename survives a power cut). The temporary name is
+    per process: the ranks of a data-parallel run write the same config.json at the same time."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
