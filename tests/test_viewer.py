@@ -465,10 +465,21 @@ def test_hover_and_keyboard_focus_show_alternatives(driver, run_dir: Path, html_
 
     # Hover a token of step 2.
     i = 7
-    el = driver.find_element(By.CSS_SELECTOR, f'section.step[data-s="1"] .t[data-i="{i}"]')
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
-    ActionChains(driver).move_to_element(el).perform()
-    _wait(driver, "return !document.getElementById('tje-tip').hidden")
+    # Scrolling can re-render the lazily drawn chunks under the pointer: hover again (at most 3
+    # times) until the element under it is the one the page keeps.
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+
+    for attempt in range(3):
+        try:
+            el = driver.find_element(By.CSS_SELECTOR, f'section.step[data-s="1"] .t[data-i="{i}"]')
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+            _wait(driver, "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+            ActionChains(driver).move_to_element(el).perform()
+            _wait(driver, "return !document.getElementById('tje-tip').hidden", timeout=5.0)
+            break
+        except (StaleElementReferenceException, TimeoutException):
+            if attempt == 2:
+                raise
     probs = [p.text for p in tip.find_elements(By.CSS_SELECTOR, "tr.alt td.p")]
     assert probs == _alternatives(run_dir, step, i)
     assert len(probs) == N_ALT
