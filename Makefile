@@ -29,7 +29,7 @@ test: $(STAMP)
 	.venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests_vllm
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tje_hf tests scripts
+	$(VENV)/bin/ruff check tje_hf tests tests_vllm scripts
 
 bench: $(STAMP)  # the commands behind the README's Performance figures (about 1 h 15 min on 2 cores)
 	$(PY) scripts/bench_entropy.py --reps 5

@@ -56,7 +56,7 @@ QUESTIONS = [
 
 
 ROOT = Path(__file__).resolve().parent.parent
-ARCHS = {  # --arch: (builder in tests/conftest.py, real vocabulary size, reference tokenizer)
+ARCHS = {  # --arch: (builder in tests/tiny_models.py, real vocabulary size, reference tokenizer)
     "gpt-oss": ("build_tiny_gpt_oss", 201_088, "gpt-oss"),
     "qwen3-moe": ("build_tiny_qwen3_moe", 151_936, "qwen3-thinking-2507"),
 }
@@ -83,8 +83,8 @@ def load_tiny(arch: str, vocab: int | None = None, threads: int | None = None):
     vocab = vocab or real_vocab
     if vocab < len(tokenizer):
         sys.exit(f"--vocab {vocab} is smaller than the {ref} tokenizer ({len(tokenizer)} tokens)")
-    conftest = _load_module("tje_tests_conftest", ROOT / "tests" / "conftest.py")
-    model = getattr(conftest, builder)(vocab_size=vocab)
+    tiny_models = _load_module("tje_tests_tiny_models", ROOT / "tests" / "tiny_models.py")
+    model = getattr(tiny_models, builder)(vocab_size=vocab)
     return SimpleNamespace(model=model, tokenizer=tokenizer, revision=f"random:{arch}:vocab={vocab}",
                            arch=arch, vocab=vocab)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_gpt_oss, build_tiny_qwen3_moe
+from tiny_models import build_tiny_gpt_oss, build_tiny_qwen3_moe
 from transformers import DynamicCache
 
 from tje_hf import DecodeConfig, SignalConfig

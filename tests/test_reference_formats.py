@@ -14,11 +14,7 @@ with the command to run, and fails in CI (``CI`` set). Nothing is downloaded her
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -28,50 +24,11 @@ from family_fixtures import (
     QWEN3_INSTRUCT_TEMPLATE,
     QWEN3_THINKING_TEMPLATE,
 )
+from needs import unavailable
+from real_formats import reference_dir, reference_tokenizer
 
 from tje_hf.models.families import answer_text, history_text, make_family, resolve_family
 from tje_hf.models.segments import ANSWER, HEADER, REASONING, segment_labels
-
-ROOT = Path(__file__).resolve().parent.parent
-FETCH = "python scripts/fetch_reference_formats.py"
-
-_spec = importlib.util.spec_from_file_location("fetch_reference_formats", ROOT / "scripts" / "fetch_reference_formats.py")
-fetch_reference_formats = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch_reference_formats)
-
-
-def unavailable(reason: str):
-    """Skip (locally) or fail (in CI, where the fetch step must have run)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI runs `{FETCH}` first: a skip here would hide it)")
-    pytest.skip(reason)
-
-
-@functools.cache
-def _verified(path: Path) -> tuple[str, ...]:
-    return tuple(fetch_reference_formats.verify(path))
-
-
-def reference_dir(name: str | None = None) -> Path:
-    """The verified reference directory (or its subdirectory ``name``: ``gpt-oss``,
-    ``qwen3-thinking-2507``, ``qwen3-instruct-2507``, ``qwen3-hybrid``, ``harmony``)."""
-    root = fetch_reference_formats.reference_dir()
-    problems = _verified(root)
-    if problems:
-        unavailable(f"reference formats not fetched ({problems[0]}); run `{FETCH}`")
-    return root / name if name else root
-
-
-@functools.cache
-def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def reference_tokenizer(name: str):
-    return _load_tokenizer(reference_dir(name))
-
 
 # --------------------------------------------------------------------------------------------
 # harmony

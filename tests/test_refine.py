@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_gpt_oss, build_tiny_qwen3_moe
 from family_fixtures import harmony_eos_ids, harmony_tokenizer, qwen3_thinking_tokenizer
+from tiny_models import build_tiny_gpt_oss, build_tiny_qwen3_moe
 
 from tje_hf import DecodeConfig, RefineConfig, SignalConfig
 from tje_hf.generation.hf import HfBackend, generate_batch

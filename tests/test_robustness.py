@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-from conftest import build_tiny_qwen3_moe
 from test_runner import _tiny_model_dir, error_lines, small_config
+from tiny_models import build_tiny_qwen3_moe
 
 from tje_hf import DecodeConfig, RefineConfig
 from tje_hf.cli import main

