@@ -33,6 +33,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)  # the commands behind the README's Performance figures (about 1 h 15 min on 2 cores)
 	$(PY) scripts/bench_entropy.py --reps 5
+	$(PY) scripts/bench_entropy.py --arch gpt-oss qwen3-moe --reps 5 --tokens 64 --batches 1 8 --lengths 64 256 \
+		--out bench_results/entropy_real_vocab.json
 	$(PY) scripts/bench_refine.py --tokens 1024 --reps 2
 	$(PY) scripts/bench_refine.py --history continuation --tokens 256 --reps 2 \
 		--out bench_results/refine_continuation.json
