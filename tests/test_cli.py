@@ -20,6 +20,7 @@ from test_viewer import N_ALT, build_run
 import tje_hf.runner
 from tje_hf.cli import build_parser, main
 from tje_hf.config import packaged_configs
+from tje_hf.records import DERIVED_FILES, RunDir
 from tje_hf.runner import summarize
 from tje_hf.viewer import read_payload
 
@@ -200,6 +201,23 @@ def test_view_max_alternatives(n, tmp_path):
     expected = N_ALT if n is None else n
     assert [s.get("A", 0) for s in steps] == [expected] * 3
     assert all(len(s.get("alt", [])) == expected * s["n"] for s in steps)
+
+
+def test_overwrite_knows_every_file_the_analysis_commands_write(tmp_path):
+    """``report``, ``view`` and ``export`` at their default paths write only names that
+    ``--overwrite`` removes with the run (records.DERIVED_FILES), so no stale report survives it."""
+    pytest.importorskip("matplotlib")
+    run = build_run(tmp_path / "run")
+    before = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+    assert main(["report", str(run)]) == 0
+    assert main(["view", str(run)]) == 0
+    assert main(["export", str(run)]) == 0
+    assert main(["export", str(run), "--parquet", str(run / "records.parquet")]) == 0
+    written = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()} - before
+    assert {"report/report.md", "report/hist.png", "viewer.html", "records.csv", "records.parquet"} <= written
+    assert written <= set(DERIVED_FILES), written - set(DERIVED_FILES)
+    RunDir.open(run, {}, "another", overwrite=True).close()
+    assert not any((run / name).exists() for name in DERIVED_FILES) and not (run / "report").exists()
 
 
 def test_view_max_alternatives_must_not_be_negative(tmp_path, capsys):

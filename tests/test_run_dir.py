@@ -21,6 +21,7 @@ import yaml
 from tje_hf.cli import main
 from tje_hf.errors import RunDirError
 from tje_hf.records import (
+    DERIVED_FILES,
     SCHEMA_VERSION,
     RunDir,
     pack_trace,
@@ -199,15 +200,22 @@ def test_overwrite_removes_only_what_the_tool_wrote(tmp_path):
     add(shard, "0")
     shard.close()
     (out / "regrades.jsonl").write_text("{}\n")
+    (out / "report").mkdir()
+    for name in DERIVED_FILES:  # a report, viewer and tables of the run being overwritten
+        (out / name).write_text("stale")
     (out / "notes.md").write_text("mine")
     (out / "shards" / "mine.txt").write_text("mine")
     (out / "records.backup").write_text("mine")
+    (out / "report" / "my-figure.png").write_text("mine")
     run = RunDir.open(out, {"new": 1}, "h2", overwrite=True)
     run.close()
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert left == ["config.json", "notes.md", "records.backup", "records.lock", "shards/mine.txt",
-                    "shards/records-0.lock"]
+    assert left == ["config.json", "notes.md", "records.backup", "records.lock", "report/my-figure.png",
+                    "shards/mine.txt", "shards/records-0.lock"]
     assert json.loads((out / "config.json").read_text())["config_hash"] == "h2"
+    (out / "report" / "my-figure.png").unlink()
+    RunDir.open(out, {"new": 1}, "h3", overwrite=True).close()
+    assert not (out / "report").exists()  # emptied: removed with its files
 
 
 # 4. atomic writes; a run that failed before its first record

@@ -206,11 +206,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import to_dataframe, write_csv, write_parquet
+    from .records import TABLE_CSV
 
     run = _run_dir(args.run_dir)
     targets = [("csv", args.csv), ("parquet", args.parquet)]
     if args.csv is None and args.parquet is None:
-        targets = [("csv", run / "records.csv")]
+        targets = [("csv", run / TABLE_CSV)]
     df = to_dataframe(run, text=args.text)
     shape = f"{len(df)} rows (problem x step), {df.shape[1]} columns"
     log = sys.stderr if args.csv == "-" else sys.stdout  # the table itself may be on stdout

@@ -65,6 +65,15 @@ MARKER = "tje_run"  # the key in config.json that marks a directory as a run dir
 # Every file the tool writes in a run directory (and in its shards/ folder): the only ones that
 # ``--overwrite`` removes.
 WRITTEN_FILES = (CONFIG, ENVIRONMENT, RECORDS, TRACES, REGRADES)
+# What the analysis commands write into a run directory at their default paths (`tje report`,
+# `tje view`, `tje export`): read from the records, so ``--overwrite`` removes them with the
+# records instead of leaving a report, viewer or table of a run that no longer exists.
+REPORT_DIR = "report"
+VIEWER = "viewer.html"
+TABLE_CSV = "records.csv"
+DERIVED_FILES = (VIEWER, TABLE_CSV, "records.parquet",
+                 *(f"{REPORT_DIR}/{name}" for name in ("report.md", "summary.json", "hist.png", "sweep.png",
+                                                       "few_shot.png", "topk.png", "persistence.png", "budget.png")))
 SHARD_FILES = re.compile(r"records-\d+\.jsonl(\.traces\.bin)?")
 
 log = logging.getLogger(__name__)
@@ -539,9 +548,11 @@ def _check_out_dir(path: Path, config_hash: str, overwrite: bool) -> dict | None
 
 
 def remove_run_files(path: Path) -> list[Path]:
-    """Remove the files the tool writes in the run directory ``path`` (:data:`WRITTEN_FILES`, and
-    the record shards in ``shards/``), nothing else; the removed paths."""
-    removed = [path / name for name in WRITTEN_FILES if (path / name).is_file()]
+    """Remove the files the tool writes in the run directory ``path`` (:data:`WRITTEN_FILES`, the
+    record shards in ``shards/``, and the analysis outputs at their default paths,
+    :data:`DERIVED_FILES`), nothing else; the removed paths. Emptied ``shards/`` and ``report/``
+    folders go too."""
+    removed = [path / name for name in (*WRITTEN_FILES, *DERIVED_FILES) if (path / name).is_file()]
     shards = path / SHARDS
     if shards.is_dir():
         removed += [p for p in sorted(shards.iterdir()) if p.is_file() and SHARD_FILES.fullmatch(p.name)]
@@ -551,6 +562,9 @@ def remove_run_files(path: Path) -> list[Path]:
         for p in shards.iterdir():
             p.unlink()
         shards.rmdir()
+    report = path / REPORT_DIR
+    if report.is_dir() and not any(report.iterdir()):
+        report.rmdir()
     _fsync_dir(path)
     return removed
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ..errors import RunDirError
+from ..records import VIEWER
 from .page import read_payload, write_page
 from .payload import (
     CHUNK_TOKENS,
@@ -80,7 +81,7 @@ def write_viewer(run_dir: str | Path, out_path: str | Path | None = None, signal
     run_dir = Path(run_dir)
     if not (run_dir / "records.jsonl").is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no records.jsonl); nothing written")
-    out = Path(out_path) if out_path is not None else run_dir / "viewer.html"
+    out = Path(out_path) if out_path is not None else run_dir / VIEWER
     index, per_problem = build_payload(run_dir, signal, thresholds, decode=decode, problems=problems,
                                        max_alternatives=max_alternatives)
     write_page(out, index, per_problem)
