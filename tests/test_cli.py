@@ -206,7 +206,6 @@ def test_view_max_alternatives(n, tmp_path):
 def test_overwrite_knows_every_file_the_analysis_commands_write(tmp_path):
     """``report``, ``view`` and ``export`` at their default paths write only names that
     ``--overwrite`` removes with the run (records.DERIVED_FILES), so no stale report survives it."""
-    pytest.importorskip("matplotlib")
     run = build_run(tmp_path / "run")
     before = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
     assert main(["report", str(run)]) == 0

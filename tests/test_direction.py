@@ -1,6 +1,6 @@
 """One direction rule, live and offline: for every signal column (entropies, where higher is more
 uncertain, and confidences, where higher is more confident), the live gate of ``policy: gate``
-stops exactly the problems that :func:`tje_hf.analysis.evaluation.gate` stops on the records of a
+stops exactly the problems that :func:`tje_hf.analysis.table.gate` stops on the records of a
 ``policy: all`` run with the same seeds, at a tau calibrated from that run; and the window stop
 takes its direction from the column."""
 
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from tje_hf.analysis.evaluation import gate, run_table
+from tje_hf.analysis.table import gate, run_table
 from tje_hf.columns import higher_is_uncertain
 from tje_hf.config import (
     DecodeConfig,

@@ -14,44 +14,45 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tje_hf.analysis.budget import (
+    BudgetCurves,
+    budget_curves,
+    budget_point,
+    default_budgets,
+    gated_schedule,
+    uniform_schedule,
+    uniform_spend_point,
+)
 from tje_hf.analysis.calibration import Calibration, calibrate
 from tje_hf.analysis.evaluation import (
     IN_SAMPLE_NOTE,
-    MIN_CLASS_N,
-    BudgetCurves,
     FewShotSize,
-    GateResult,
-    GateRunEvaluation,
     Oracle,
     RunEvaluation,
     Separation,
     StepSummary,
     auroc,
     auroc_ci,
-    budget_curves,
-    budget_point,
-    compare_gate_to_all,
-    default_budgets,
-    evaluate_gate_run,
     evaluate_run,
     few_shot,
     few_shot_sizes,
-    gate,
-    gate_decisions,
-    gate_settings,
-    gated_schedule,
     oracle,
-    paired_bootstrap,
     persistence,
-    run_policy,
-    run_table,
     separation,
     step_summaries,
     tau_sweep,
     topk_ablation,
-    uniform_schedule,
-    uniform_spend_point,
 )
+from tje_hf.analysis.gate_run import (
+    GateRunEvaluation,
+    compare_gate_to_all,
+    evaluate_gate_run,
+    gate_decisions,
+    gate_settings,
+    paired_bootstrap,
+    run_policy,
+)
+from tje_hf.analysis.table import MIN_CLASS_N, GateResult, gate, run_table
 from tje_hf.records import read_records
 
 # The hand-built run: 6 problems, 3 steps. H = topk_entropy@20 (bits) per step; correct None = unparseable.

@@ -5,9 +5,10 @@ What lives here: the threshold methods (:func:`calibrate`) and their registry
 paper's scale-invariant formula once it is published), the Bayes boundary (:func:`bayes_threshold`),
 Cohen's d (:func:`cohens_d`), and the reading of one step's signal out of records
 (:func:`step_values`, :func:`calibrate_records`). What does not: evaluation of a gate on a
-problem set (``evaluation.py``), plots and files (``report.py``), reading the run directory
-(``records.py``). Nothing here imports torch or touches the disk (importing it through the
-``tje_hf`` package still runs the package ``__init__``, which imports torch).
+problem set (``table.py``, ``evaluation.py``, ``budget.py``, ``gate_run.py``), plots and files
+(``report.py``), reading the run directory (``records.py``). Nothing here imports torch or touches
+the disk (importing it through the ``tje_hf`` package still runs the package ``__init__``, which
+imports torch).
 
 Direction. Calibration assumes **higher value = more uncertain** everywhere: the gate stops after
 step 1 when ``H <= tau``. The entropy signals already point that way. Signals that point the other

@@ -16,18 +16,7 @@ from pathlib import Path
 from ..columns import DEFAULT_COLUMN, SIGNAL_UNITS, signal_of
 from ..records import load_config, read_records
 from .calibration import step_values
-from .evaluation import (
-    GateRunEvaluation,
-    PairedComparison,
-    RunEvaluation,
-    Separation,
-    compare_gate_to_all,
-    evaluate_gate_run,
-    evaluate_run,
-    jsonable,
-    run_policy,
-    separation,
-)
+from .evaluation import RunEvaluation, Separation, evaluate_run, separation
 from .figures import compare_figure
 from .fmt import (
     SMALL_N_NOTE,
@@ -44,6 +33,8 @@ from .fmt import (
     tokens,
     unparseable_by_step,
 )
+from .gate_run import GateRunEvaluation, PairedComparison, compare_gate_to_all, evaluate_gate_run, run_policy
+from .table import jsonable
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..columns import SIGNAL_UNITS, signal_of
-from .evaluation import GateRunEvaluation, RunEvaluation, Separation
+from .evaluation import RunEvaluation, Separation
 from .fmt import SMALL_N, signal_axis_label
+from .gate_run import GateRunEvaluation
 from .style import (
     CORRECT_COLOR,
     INCORRECT_COLOR,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 
 from ..columns import SIGNAL_UNITS, signal_of
-from .evaluation import GateResult, Separation, StepSummary
+from .evaluation import Separation, StepSummary
 from .style import is_reconstruction, method_title
+from .table import GateResult
 
 WARN = "\u26a0"  # ⚠
 SMALL_N = f"{WARN} n too small"

@@ -4,9 +4,10 @@ What lives here: :func:`write_report` (``RUN_DIR/report/``: ``report.md``, ``sum
 PNG per figure), for a ``policy="all"`` run (calibration, gate, separation, few-shot, budget) and
 for a ``policy="gate"`` run (the tau it used, its decisions, accuracy and cost, as it ran), and
 :func:`compare_runs` (``compare.md``, ``compare.json``, ``compare.png``; defined in
-``compare.py``). What does not: any statistic (``evaluation.py`` and ``calibration.py`` compute
-every number shown here), the figures (``figures.py``), the palette (``style.py``), and the run
-directory format (read only through ``tje_hf.records``).
+``compare.py``). What does not: any statistic (``table.py``, ``evaluation.py``, ``budget.py``,
+``gate_run.py`` and ``calibration.py`` compute every number shown here), the figures
+(``figures.py``), the palette (``style.py``), and the run directory format (read only through
+``tje_hf.records``).
 
 matplotlib is optional: without it the report holds the tables and says that the plots were skipped.
 """
@@ -17,18 +18,10 @@ import json
 from pathlib import Path
 
 from ..columns import DEFAULT_COLUMN, HIGHER_IS_UNCERTAIN, SIGNAL_UNITS, signal_of
-from ..records import load_config, read_records
+from ..records import REPORT_DIR, load_config, read_records
 from .calibration import step_values
 from .compare import compare_runs
-from .evaluation import (
-    MIN_CLASS_N,
-    FewShotSize,
-    GateRunEvaluation,
-    RunEvaluation,
-    evaluate_gate_run,
-    evaluate_run,
-    run_policy,
-)
+from .evaluation import FewShotSize, RunEvaluation, evaluate_run
 from .figures import gate_run_figures, run_figures
 from .fmt import (
     SEP_HEADER,
@@ -50,7 +43,9 @@ from .fmt import (
     table,
     tokens,
 )
+from .gate_run import GateRunEvaluation, evaluate_gate_run, run_policy
 from .style import method_title
+from .table import MIN_CLASS_N
 
 __all__ = ["compare_runs", "signal_axis_label", "write_report"]
 
@@ -71,7 +66,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, signal:
     :func:`tje_hf.analysis.evaluation.evaluate_run`), ``summary.json`` (its ``to_json()``, with the
     model, task and config hash) and, with matplotlib, ``hist.png``, ``sweep.png``,
     ``few_shot.png``, ``topk.png``, ``persistence.png``, ``budget.png``. A ``policy="gate"`` run:
-    ``report.md`` and ``summary.json`` of :func:`tje_hf.analysis.evaluation.evaluate_gate_run`,
+    ``report.md`` and ``summary.json`` of :func:`tje_hf.analysis.gate_run.evaluate_gate_run`,
     and ``hist.png``.
     """
     run_dir = Path(run_dir)
@@ -79,7 +74,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, signal:
     if not records:
         raise ValueError(f"{run_dir} holds no records")
     cfg = load_config(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     meta = run_meta(run_dir, cfg)
     config = cfg.get("config", {})

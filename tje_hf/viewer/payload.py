@@ -182,7 +182,7 @@ def _gate_run(records: list[dict], cfg: dict) -> tuple[dict | None, list[dict | 
     Per problem: the step-1 gate value as recorded (``value``), oriented higher = more uncertain
     (``u``), and the run's own decision (``stopped``: only step 1 recorded while N > 1).
     """
-    from ..analysis.evaluation import gate_settings, run_policy
+    from ..analysis.gate_run import gate_settings, run_policy
 
     if run_policy(cfg, records) != "gate":
         return None, [None] * len(records)
