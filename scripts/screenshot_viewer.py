@@ -1,7 +1,7 @@
 """Screenshots of a run's trace viewer, for the docs: the index and one problem with a token's
 alternatives shown.
 
-    python scripts/screenshot_viewer.py runs/demo --problem arith-0002 --out docs/viewer.png
+    python scripts/screenshot_viewer.py runs/demo --problem arith-0001 --token 5 --out docs/viewer.png
 """
 
 from __future__ import annotations
