@@ -41,4 +41,4 @@ bench: $(STAMP)  # the commands behind the README's Performance figures (about 1
 	$(PY) scripts/bench_viewer.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-vllm

@@ -31,6 +31,7 @@ from tje_hf.config import ModelSpec, load_run_config, packaged_configs
 from tje_hf.generation.hf import generate_batch
 from tje_hf.models.loading import load_model
 from tje_hf.models.memory import GiB, effective_quantization, estimate_memory, reference_config
+from tje_hf.runner import PROMPT_ALLOWANCE, longest_conversation
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = 128
@@ -187,12 +188,12 @@ def test_packaged_fp8_configs():
             assert (cfg.refine.steps, cfg.decode.max_new_tokens, cfg.decode.temperature, cfg.refine.policy) == \
                 (4, 8192, 0.7, "all")
             assert cfg.task.name == task and cfg.out_dir == f"runs/{name}_{task}"
-            # Sized for a 48 GiB card: the check before loading (tje_hf.runner sizes the KV cache for
-            # 2048 + steps x max_new_tokens tokens a sequence) keeps 10 % headroom and must pass
-            # with the 46.5 GiB free that the configs and README quote.
-            context = 2048 + cfg.refine.steps * cfg.decode.max_new_tokens
+            # Sized for a 48 GiB card: the check before loading (it sizes the KV cache for the
+            # run's longest conversation) keeps 10 % headroom and must pass with the 46.5 GiB free
+            # that the configs and README quote.
+            assert longest_conversation(cfg) == 2048 + 4 * 8192
             est = estimate_memory(reference_config("qwen3-30b-a3b"), dtype="bfloat16", quantization="fp8",
-                                  batch_size=cfg.batch_size, context_tokens=context)
+                                  batch_size=cfg.batch_size, context_tokens=longest_conversation(cfg))
             assert est.total_bytes <= 0.9 * 46.5 * GiB
 
 
@@ -217,7 +218,7 @@ def test_readme_memory_table_is_the_estimators():
         batch = int(args[args.index("--batch") + 1]) if "--batch" in args else 16
         kw = {"dtype": "bfloat16", "quantization": quant, "batch_size": batch}
         est = estimate_memory(reference_config(model), context_tokens=16384, **kw)
-        checked = estimate_memory(reference_config(model), context_tokens=2048 + 4 * 8192, **kw)
+        checked = estimate_memory(reference_config(model), context_tokens=PROMPT_ALLOWANCE + 4 * 8192, **kw)
         free = math.ceil(checked.total_bytes / GiB / 0.9 * 10) / 10
         numbers = tuple(float(x) for x in row[2:7])
         assert numbers == (round(est.weights_bytes / GiB, 1), round(est.kv_cache_bytes / GiB, 1),

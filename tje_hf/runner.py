@@ -182,11 +182,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
         done = run_dir.finished_ids()
         todo = [(i, p) for i, p in indexed if p.id not in done]
         if todo:
-            # The memory check before loading sizes the KV cache for this run's batch and for the
-            # longest conversation it can build (a prompt allowance plus every step's tokens).
-            context = 2048 + cfg.refine.steps * cfg.decode.max_new_tokens
             lm = lm or load_backend(cfg.model, cfg.backend, device=device, batch_size=cfg.batch_size,
-                                    context_tokens=context)
+                                    context_tokens=longest_conversation(cfg))
             _check_signals(cfg, lm)
             env = environment_info({
                 "model_revision": lm.revision, "model_source": lm.source, "family": lm.family, "backend": cfg.backend,
@@ -201,6 +198,18 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
         run_dir.close()  # releases the run directory's lock
     summary = summarize(run_dir.path, records, time.perf_counter() - start, len(todo))
     return summary
+
+
+#: Tokens the memory check allows for a problem's first prompt (chat template, system message and
+#: question) on top of the generated ones: more than any packaged task's prompt needs.
+PROMPT_ALLOWANCE = 2048
+
+
+def longest_conversation(cfg: RunConfig) -> int:
+    """Tokens of the longest sequence a run can build, prompt allowance plus every step's new tokens:
+    the memory check before loading sizes the KV cache of each of ``cfg.batch_size`` sequences for
+    it (an upper bound: template history drops earlier reasoning from the prompt)."""
+    return PROMPT_ALLOWANCE + cfg.refine.steps * cfg.decode.max_new_tokens
 
 
 class ProgressMeter:
