@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_viewer import build_run
+from synthetic_runs import build_run
 
 from tje_hf.cli import main
 

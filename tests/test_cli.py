@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_evaluation import hand_records, write_run
-from test_viewer import N_ALT, build_run
+from synthetic_runs import N_ALT, build_run, hand_records, write_run
 
 import tje_hf.runner
 from tje_hf.cli import build_parser, main

@@ -8,11 +8,11 @@ import dataclasses
 import json
 import math
 from itertools import product
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
+from synthetic_runs import GATE_REFINE, gate_records, hand_records, make_record, write_run
 
 from tje_hf.analysis.budget import (
     BudgetCurves,
@@ -55,85 +55,8 @@ from tje_hf.analysis.gate_run import (
 from tje_hf.analysis.table import MIN_CLASS_N, GateResult, gate, run_table
 from tje_hf.records import read_records
 
-# The hand-built run: 6 problems, 3 steps. H = topk_entropy@20 (bits) per step; correct None = unparseable.
-#
-#   problem  H1   H2   H3   correct (s1, s2, s3)   tokens (s1, s2, s3)   all steps
-#   a        0.5  0.4  0.3  T  T  T                100  50   50          200
-#   b        1.0  0.6  0.5  T  T  T                200  100  100         400
-#   c        1.5  2.0  1.0  T  F  F                100  100  100         300
-#   d        2.0  2.1  0.7  F  T  T                300  100  100         500
-#   e        2.5  1.9  0.9  F  F  T                100  100  100         300
-#   f        3.0  2.2  1.2  -  F  F                100  100  100         300
-#                                                                        ----
-#                                                                        2000
-# step-1 accuracy 3/6 (f is unparseable: incorrect); 3-step accuracy (a, b, d, e) 4/6.
-# topk_entropy@5 at step 1 (for the ablation): a 0.5, b 1.2, c 0.9, d 1.0, e 0.4, f 1.1.
-HAND = {
-    "a": ((0.5, 0.4, 0.3), (True, True, True), (100, 50, 50), 0.5),
-    "b": ((1.0, 0.6, 0.5), (True, True, True), (200, 100, 100), 1.2),
-    "c": ((1.5, 2.0, 1.0), (True, False, False), (100, 100, 100), 0.9),
-    "d": ((2.0, 2.1, 0.7), (False, True, True), (300, 100, 100), 1.0),
-    "e": ((2.5, 1.9, 0.9), (False, False, True), (100, 100, 100), 0.4),
-    "f": ((3.0, 2.2, 1.2), (None, False, False), (100, 100, 100), 1.1),
-}
-
-
-def make_record(index: int, pid: str, hs, corrects, tokens, h5_step1: float | None = None) -> dict:
-    """One record as docs/FORMAT.md describes it (schema 1)."""
-    steps = []
-    for k, (h, ok, n) in enumerate(zip(hs, corrects, tokens, strict=True), start=1):
-        sig = {"topk_entropy@20": h, "topk_entropy@5": h5_step1 if k == 1 and h5_step1 is not None else h / 2,
-               "full_entropy": 2 * h, "deepconf_confidence": 10 - h, "self_certainty": 5 - h, "token_logprob": -h}
-        steps.append({
-            "step": k, "seed": 1000 * index + k, "text": "...", "answer_text": "...",
-            "answer": None if ok is None else "42", "correct": ok,
-            "grade_reason": "unparseable" if ok is None else ("match" if ok else "mismatch"),
-            "n_generated": n, "prompt_tokens": 50, "prefilled_tokens": 50, "reused_tokens": 0,
-            "cache": "none", "stop_reason": "eos", "wall_time_s": 0.5,
-            "signals": {"all": sig, "reasoning": sig, "answer": sig}, "counts": {"all": n, "reasoning": n - 5,
-                                                                                  "answer": 5},
-            "n_invalid": 0, "trace": None})
-    return {"schema": 1, "config_hash": "0123456789abcdef", "problem_id": pid, "index": index, "task": "arith",
-            "gold": "42", "model": "test/model-a", "model_revision": "local", "family": "generic",
-            "prompt_hash": "feedfacefeedface", "policy": "all", "n_steps": len(steps), "steps": steps,
-            "finished_at": "2025-01-01T00:00:00Z"}
-
-
-def hand_records() -> list[dict]:
-    return [make_record(j, pid, *row) for j, (pid, row) in enumerate(HAND.items())]
-
-
-# The hand-built gate run: the same six problems run with policy "gate", tau = 1.5 bits on topk_entropy@20
-# (segment all), N = 3, decode.max_new_tokens = 512. a (0.5), b (1.0), c (1.5) stop after step 1; d, e, f run
-# all three steps (their steps are those of HAND).
-#   final answers: a T(s1) b T(s1) c T(s1) | d T(s3) e T(s3) f F(s3): 5/6; stopped 3/3 right, continued 2/3
-#   calls 3 * 1 + 3 * 3 = 12 of 18 (6 not made); tokens 100 + 200 + 100 + 500 + 300 + 300 = 1500
-#   later steps of the continued problems: six calls of 100 tokens: estimate 6 * 100 = 600; at most 6 * 512 = 3072
-GATE_TAU = 1.5
-GATE_REFINE = {"steps": 3, "policy": "gate", "tau": GATE_TAU, "gate_column": "topk_entropy@20", "gate_segment": "all"}
-
-
-def gate_records() -> list[dict]:
-    recs = hand_records()
-    for r in recs:
-        r["policy"] = "gate"
-        if r["steps"][0]["signals"]["all"]["topk_entropy@20"] <= GATE_TAU:
-            r["steps"] = r["steps"][:1]
-        r["n_steps"] = len(r["steps"])
-    return recs
-
-
-def write_run(run_dir: Path, records: list[dict], model: str = "test/model-a", task: str = "arith",
-              refine: dict | None = None, decode: dict | None = None) -> Path:
-    """A run directory as records.RunDir writes it: config.json and records.jsonl, written with json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": {"name_or_path": model}, "task": {"name": task},
-              "refine": refine or {"steps": 3, "policy": "all"}, **({"decode": decode} if decode else {})}
-    (run_dir / "config.json").write_text(json.dumps({"schema": 1, "config_hash": "0123456789abcdef",
-                                                     "config": config}, indent=2))
-    with open(run_dir / "records.jsonl", "w") as f:
-        f.writelines(json.dumps(r, allow_nan=True, separators=(",", ":")) + "\n" for r in records)
-    return run_dir
+# The hand-built run (HAND: six problems, three steps) and its policy-gate variant (GATE_REFINE: tau 1.5,
+# N 3) are built in synthetic_runs.py, where the table of their numbers is worked out.
 
 
 @pytest.fixture
@@ -561,7 +484,7 @@ def test_separation_warns_when_a_class_is_small():
 
 
 # --------------------------------------------------------------------------------------------
-# A policy="gate" run (GATE_REFINE above: tau 1.5, N 3; a, b, c stopped after step 1)
+# A policy="gate" run (GATE_REFINE of synthetic_runs.py: tau 1.5, N 3; a, b, c stopped after step 1)
 
 GATE_CONFIG = {"refine": GATE_REFINE, "decode": {"max_new_tokens": 512}}
 

@@ -12,8 +12,7 @@ import sys
 
 import pandas as pd
 import pytest
-from test_evaluation import GATE_REFINE, HAND, gate_records, hand_records, write_run
-from test_viewer import build_run
+from synthetic_runs import GATE_REFINE, HAND, build_run, gate_records, hand_records, write_run
 
 import tje_hf
 from tje_hf.cli import main

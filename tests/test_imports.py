@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_viewer import build_run
+from synthetic_runs import build_run
 
 import tje_hf
 

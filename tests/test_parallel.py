@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from test_runner import small_config
+from small_runs import small_config
 
 from tje_hf.cli import main
 from tje_hf.records import read_records

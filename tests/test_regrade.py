@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from small_runs import error_lines
 
 from tje_hf.cli import main
 from tje_hf.errors import RunDirError
@@ -13,10 +14,6 @@ from tje_hf.records import RunDir, read_records
 from tje_hf.regrade import regrade
 
 TASK = {"name": "arith", "size": 3, "seed": 3}
-
-
-def error_lines(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("tje: error:")]
 
 
 def build(tmp_path: Path, task: dict = TASK) -> Path:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_evaluation import GATE_REFINE, HAND, gate_records, hand_records, make_record, write_run
+from synthetic_runs import GATE_REFINE, HAND, gate_records, hand_records, make_record, write_run
 
 from tje_hf.analysis.report import compare_runs, signal_axis_label, write_report
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from test_runner import _tiny_model_dir, error_lines, small_config
+from small_runs import error_lines, small_config, tiny_model_dir
 from tiny_models import build_tiny_qwen3_moe
 
 from tje_hf import DecodeConfig, RefineConfig
@@ -80,7 +80,7 @@ def test_runner_records_the_finished_steps_and_why_a_problem_stopped(tmp_path, s
     tok = smollm2.tokenizer
     q_long = LONG[0]["content"]
     m = 6
-    model_dir = _tiny_model_dir(tmp_path, smollm2, template=True, context=4096)
+    model_dir = tiny_model_dir(tmp_path, smollm2, template=True, context=4096)
     data = tmp_path / "qa.jsonl"
     rows = [{"id": "short", "q": SHORT[0]["content"], "a": "2"}, {"id": "long", "q": q_long, "a": "1770"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

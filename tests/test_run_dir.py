@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from small_runs import error_lines
 
 from tje_hf.cli import main
 from tje_hf.errors import RunDirError
@@ -52,10 +53,6 @@ def add(run: RunDir, pid: str, n_tokens=(3, 2)) -> dict:
 def snapshot(path: Path) -> dict:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
             if p.is_file() and not p.name.endswith(".lock")}
-
-
-def error_lines(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("tje: error:")]
 
 
 # 1. traces.bin checked against the records on resume

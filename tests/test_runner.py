@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from small_runs import error_lines, small_config, tiny_model_dir
 
 from tje_hf.cli import main
 from tje_hf.config import load_run_config
@@ -19,28 +19,6 @@ from tje_hf.records import RunDir, read_records, read_trace, source_revision
 from tje_hf.runner import run
 
 VOLATILE = {"finished_at", "wall_time_s", "prefill_time_s"}
-
-
-def small_config(tmp_path: Path, name: str = "run", **extra) -> Path:
-    data = {
-        "model": {"name_or_path": "builtin:smollm2"},
-        "task": {"name": "arith", "size": 6, "seed": 3},
-        "decode": {"max_new_tokens": 10, "temperature": 0.7, "signals": {"trace": True, "trace_alternatives": 3}},
-        "refine": {"steps": 2},
-        "batch_size": 2,
-        "seed": 1,
-        "out_dir": str(tmp_path / name),
-    }
-    for key, value in extra.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def error_lines(capsys) -> list[str]:
-    """The error lines the CLI printed (progress bars of libraries aside)."""
-    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("tje: error:")]
 
 
 def stable(records: list[dict]) -> list[dict]:
@@ -147,28 +125,8 @@ def test_missing_dataset_column_is_a_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "'id'" in err[0]
 
 
-def _tiny_model_dir(tmp_path: Path, smollm2, *, template: bool, context: int) -> Path:
-    from tiny_models import build_tiny_qwen3_moe
-
-    model = build_tiny_qwen3_moe()
-    model.config.max_position_embeddings = context
-    out = tmp_path / f"tiny-{template}-{context}"
-    model.save_pretrained(out)
-    tok = smollm2.tokenizer
-    saved_template = tok.chat_template
-    try:
-        if not template:
-            tok.chat_template = None
-        tok.save_pretrained(out)
-    finally:
-        tok.chat_template = saved_template
-    if not template:
-        (out / "chat_template.jinja").unlink(missing_ok=True)
-    return out
-
-
 def test_model_without_chat_template_is_a_one_line_error(tmp_path, smollm2, capsys):
-    model_dir = _tiny_model_dir(tmp_path, smollm2, template=False, context=4096)
+    model_dir = tiny_model_dir(tmp_path, smollm2, template=False, context=4096)
     path = small_config(tmp_path, model={"name_or_path": str(model_dir), "family": "generic"})
     assert main(["run", "--config", str(path), "--no-progress"]) == 2
     err = error_lines(capsys)
@@ -176,7 +134,7 @@ def test_model_without_chat_template_is_a_one_line_error(tmp_path, smollm2, caps
 
 
 def test_prompt_longer_than_context_is_an_error_and_keeps_records(tmp_path, smollm2, capsys):
-    model_dir = _tiny_model_dir(tmp_path, smollm2, template=True, context=80)
+    model_dir = tiny_model_dir(tmp_path, smollm2, template=True, context=80)
     data = tmp_path / "qa.jsonl"
     rows = [{"id": "short", "q": "1+1?", "a": "2"}, {"id": "long", "q": "word " * 200, "a": "3"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

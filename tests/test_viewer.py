@@ -22,9 +22,10 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 from needs import unavailable
+from synthetic_runs import BIG, COLUMNS, H_MAX, N_ALT, build_run, step_trace, trace_means
 
 from tje_hf.analysis.calibration import METHODS, calibrate_records
-from tje_hf.records import RunDir, pack_trace, read_records, read_trace
+from tje_hf.records import RunDir, read_records, read_trace
 from tje_hf.viewer import (
     COLOR_STOPS,
     entropy_color,
@@ -34,80 +35,12 @@ from tje_hf.viewer import (
 )
 from tje_hf.viewer.page import asset
 
-COLUMNS = ("topk_entropy@5", "topk_entropy@10", "topk_entropy@15", "topk_entropy@20",
-           "full_entropy", "deepconf_confidence", "self_certainty", "token_logprob")
 SIGNAL = "topk_entropy@20"
-H_MAX = math.log2(20)
-N_ALT = 5
 WORDS = [" the", " answer", " is", "\n", " 4", "2", ".", " <b>", " &", " x", " so", " Let", "'s", " check", ":"]
-BIG = "p-big"  # a problem with steps longer than a render chunk (512 tokens)
 
 
 def decode(token_id: int) -> str:
     return WORDS[token_id % len(WORDS)]
-
-
-def _step_trace(rng: np.random.Generator, n: int, level: float):
-    """One step's trace: header, reasoning, header, answer, end; entropies around ``level`` bits."""
-    n_ans = max(3, n // 8)
-    seg = np.zeros(n, dtype=np.int8)
-    seg[:2] = 2
-    seg[n - n_ans - 3:n - n_ans - 1] = 2
-    seg[n - n_ans - 1:n - 1] = 1
-    seg[n - 1] = 2
-    values = np.zeros((n, len(COLUMNS)), dtype=np.float32)
-    h = np.clip(rng.gamma(2.0, level / 2.0, size=n), 0.0, H_MAX).astype(np.float32)
-    h[0], h[1] = 0.0, H_MAX  # the scale's two ends
-    for j, k in enumerate((5, 10, 15, 20)):
-        values[:, j] = np.minimum(h, math.log2(k))
-    values[:, 4] = h + 0.5
-    values[:, 5] = 5.0 - h
-    values[:, 6] = 8.0 - h
-    values[:, 7] = -h / 2
-    tokens = rng.integers(0, 1000, size=n)
-    alt_ids = rng.integers(0, 1000, size=(n, N_ALT)).astype(np.int32)
-    alt_ids[:, 0] = tokens
-    alt_lp = np.sort(-rng.exponential(1.5, size=(n, N_ALT)), axis=1)[:, ::-1].astype(np.float16)
-    return pack_trace(COLUMNS, values, seg, tokens.tolist(), alt_ids, alt_lp)
-
-
-def _means(trace: np.ndarray) -> tuple[dict, dict]:
-    signals, counts = {}, {}
-    for name, mask in (("all", np.ones(len(trace), bool)), ("reasoning", trace["segment"] == 0),
-                       ("answer", trace["segment"] == 1)):
-        vals = trace["values"][mask]
-        signals[name] = {c: (float(vals[:, j].mean()) if len(vals) else float("nan")) for j, c in enumerate(COLUMNS)}
-        counts[name] = int(mask.sum())
-    return signals, counts
-
-
-def build_run(path: Path, *, with_alternatives: bool = True) -> Path:
-    """Seven problems: step-1 correct ones have low entropy, incorrect ones high; one has 1300-token steps."""
-    rng = np.random.default_rng(7)
-    run = RunDir.open(path, {"refine": {"steps": 3}, "task": {"name": "arith"}}, "cafe0001")
-    run.write_environment({"model_source": str(path / "no-such-model")})
-    plan = [("p-0", [True, True, True], 0.4), ("p-1", [True, False, True], 0.6), ("p-2", [False, False, True], 1.6),
-            ("p-3", [None, True, True], 1.2), ("p-4", [False, True, False], 2.0), ("p-5", [True, True, True], 0.3),
-            (BIG, [True, False, True], 0.9)]
-    for index, (pid, correct, level) in enumerate(plan):
-        steps = []
-        for k, ok in enumerate(correct):
-            n = 1300 if pid == BIG else int(rng.integers(30, 90))
-            trace = _step_trace(rng, n, level)
-            if not with_alternatives:
-                trace = pack_trace(COLUMNS, trace["values"], trace["segment"], trace["token"].tolist())
-            ref = run.append_trace(trace, COLUMNS)
-            signals, counts = _means(trace)
-            steps.append({"step": k + 1, "seed": k, "text": "", "answer_text": "", "answer": None if ok is None else
-                          str(42 if ok else 41), "correct": ok, "grade_reason": "match" if ok else "mismatch",
-                          "n_generated": n, "prompt_tokens": 10, "prefilled_tokens": 10, "reused_tokens": 0,
-                          "cache": "none", "stop_reason": "eos", "wall_time_s": 0.1, "signals": signals,
-                          "counts": counts, "n_invalid": 0, "trace": ref.to_json()})
-        run.append({"schema": 1, "config_hash": "cafe0001", "problem_id": pid, "index": index, "task": "arith",
-                    "gold": "42", "model": "synthetic", "model_revision": "local", "family": "generic",
-                    "prompt_hash": "0" * 16, "policy": "all", "n_steps": len(steps), "steps": steps,
-                    "finished_at": "2025-01-01T00:00:00Z"})
-    return path
 
 
 GATE_TAU = 1.0
@@ -126,9 +59,9 @@ def build_gate_run(path: Path, tau: float = GATE_TAU) -> Path:
         steps = []
         for k, ok in enumerate(correct):
             n = int(rng.integers(30, 90))
-            trace = _step_trace(rng, n, level)
+            trace = step_trace(rng, n, level)
             ref = run.append_trace(trace, COLUMNS)
-            signals, counts = _means(trace)
+            signals, counts = trace_means(trace)
             steps.append({"step": k + 1, "seed": k, "text": "", "answer_text": "", "answer": None if ok is None else
                           str(42 if ok else 41), "correct": ok, "grade_reason": "match" if ok else "mismatch",
                           "n_generated": n, "prompt_tokens": 10, "prefilled_tokens": 10, "reused_tokens": 0,
@@ -180,9 +113,9 @@ def build_crafted_run(path: Path) -> Path:
     for index in range(2):
         steps = []
         for k in range(2):
-            trace = _step_trace(rng, 40, 1.0 + index)
+            trace = step_trace(rng, 40, 1.0 + index)
             ref = run.append_trace(trace, COLUMNS)
-            signals, counts = _means(trace)
+            signals, counts = trace_means(trace)
             steps.append({"step": xss("step"), "seed": k, "answer": xss("answer"), "correct": k == 1,
                           "grade_reason": xss("grade"), "n_generated": xss("n_generated"),
                           "stop_reason": xss("stop_reason"), "signals": signals,
