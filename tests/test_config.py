@@ -118,6 +118,14 @@ BAD = [
     Bad(RunConfig, {"decode": DecodeConfig(signals=SignalConfig(ks=(5, 10)))}, "refine.gate_column",
         "topk_entropy@20", "top-k size not recorded (signals.ks = [5, 10])"),
     Bad(RunConfig, {"model": "builtin:smollm2"}, "model", "builtin:smollm2", "expected a ModelSpec", yaml=False),
+    # RunConfig: what one backend cannot do
+    Bad(RunConfig, {"backend": "vllm", "model": ModelSpec(quantization="4bit")}, "model.quantization", "4bit",
+        "bitsandbytes quantisation is for backend 'hf'"),
+    Bad(RunConfig, {"backend": "vllm", "decode": DecodeConfig(window_stop=WindowStopConfig(window=4, min_tokens=4))},
+        "decode.window_stop", {"column": "topk_entropy@20", "threshold": 2.0, "window": 4, "min_tokens": 4},
+        "not supported by backend 'vllm'"),
+    Bad(RunConfig, {"model": ModelSpec(tensor_parallel_size=2)}, "model.tensor_parallel_size", 2,
+        "is for backend 'vllm'"),
 ]
 
 

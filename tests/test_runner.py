@@ -15,6 +15,7 @@ from small_runs import error_lines, small_config, tiny_model_dir
 
 from tje_hf.cli import main
 from tje_hf.config import load_run_config
+from tje_hf.errors import ConfigError
 from tje_hf.records import RunDir, read_records, read_trace, source_revision
 from tje_hf.runner import run
 
@@ -29,6 +30,26 @@ def stable(records: list[dict]) -> list[dict]:
         rec["steps"] = [{k: v for k, v in s.items() if k not in VOLATILE | {"trace"}} for s in rec["steps"]]
         out.append(rec)
     return out
+
+
+def test_run_releases_the_model_it_loaded_and_not_a_given_one(tmp_path, smollm2, monkeypatch):
+    """A model ``run`` loads itself is shut down before it returns (so that a loop over configs in
+    one process finds the device free), even when the run fails; a model passed in is left alone."""
+    from tje_hf.generation.hf import HfBackend
+
+    shut = []
+    original = HfBackend.shutdown
+    monkeypatch.setattr(HfBackend, "shutdown", lambda self: (shut.append(self), original(self))[1])
+    given = load_run_config(small_config(tmp_path, "given", task={"size": 2}))
+    run(given, lm=smollm2, progress=False)
+    assert shut == []
+    loaded = load_run_config(small_config(tmp_path, "loaded", task={"size": 2}))
+    run(loaded, progress=False)
+    assert len(shut) == 1 and shut[0] is not smollm2.backend
+    failing = load_run_config(small_config(tmp_path, "failing", task={"size": 2}, decode={"signals": {"ks": [20, 64000]}}))
+    with pytest.raises(ConfigError, match="exceed the model's vocabulary"):
+        run(failing, progress=False)
+    assert len(shut) == 2
 
 
 def test_run_writes_complete_records(tmp_path, smollm2):

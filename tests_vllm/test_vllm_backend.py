@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from tje_hf.config import DecodeConfig, SignalConfig, WindowStopConfig
+from tje_hf.config import DecodeConfig, ModelSpec, SignalConfig, WindowStopConfig
 from tje_hf.generation.signals import deepconf_confidence, token_logprob, topk_entropies
 from tje_hf.generation.tracker import signal_columns
 from tje_hf.generation.vllm import (
     UNAVAILABLE_SIGNALS,
     VllmBackend,
+    logprobs_needed,
     segment_means,
     token_signals,
     top_logprobs,
 )
+from tje_hf.models.loading import load_backend
 from tje_hf.models.segments import ANSWER, HEADER, REASONING, SegmentRules
 
 ENTROPY_ATOL = 2e-4  # bits
@@ -152,6 +154,19 @@ def test_contract_errors_name_the_value():
         VllmBackend("/nonexistent", num_logprobs=10)
     with pytest.raises(ValueError, match="logprobs_mode"):
         VllmBackend("/nonexistent", logprobs_mode="processed_logprobs")
+
+
+def test_the_runner_sizes_the_engine_for_the_runs_signals(tiny_model):
+    """``load_backend(..., signals=)`` (what ``tje run`` calls) asks the engine for enough
+    log-probabilities a token: the largest k, the trace's alternatives, at least DeepConf's 20."""
+    assert logprobs_needed(SignalConfig()) == 20
+    assert logprobs_needed(SignalConfig(ks=(5, 10, 20, 32))) == 32
+    assert logprobs_needed(SignalConfig(trace=True, trace_alternatives=25)) == 25
+    assert logprobs_needed(SignalConfig(trace=False, trace_alternatives=25)) == 20
+    spec = ModelSpec(name_or_path=str(tiny_model.path), family="generic", dtype="float32")
+    lm = load_backend(spec, "vllm", signals=SignalConfig(ks=(5, 10, 20, 32)))  # the engine is built on first use
+    assert lm.backend.num_logprobs == lm.backend.engine_args["max_logprobs"] == 32
+    assert load_backend(spec, "vllm").backend.num_logprobs == 20
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from real_formats import (
     run_config,
     write_model_dir,
 )
+from vllm.distributed.parallel_state import model_parallel_is_initialized
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from tje_hf.analysis.calibration import calibrate_records
@@ -136,6 +137,7 @@ def both_runs(request, tmp_path_factory):
             run(cfg, lm=lm, task=forced_task(), progress=False)
         finally:
             lm.backend.shutdown()
+        assert not model_parallel_is_initialized()  # nothing left behind for the next engine
         runs["vllm"] = (cfg.out_dir, spy.prompts)
     with pytest.MonkeyPatch.context() as mp:
         lm = load_model(spec, check_memory=False)

@@ -278,6 +278,20 @@ class RunConfig(_Validated):
         why = column_error(self.refine.gate_column, self.decode.signals.ks)
         if why:
             yield "refine.gate_column", self.refine.gate_column, why
+        yield from self._backend_rules()
+
+    def _backend_rules(self) -> Iterator[_Violation]:
+        """What one backend cannot do, refused here rather than after minutes of model loading."""
+        if self.backend == "vllm":
+            if self.model.quantization in ("4bit", "8bit"):
+                yield ("model.quantization", self.model.quantization,
+                       "bitsandbytes quantisation is for backend 'hf'; give vLLM a quantised checkpoint instead")
+            if self.decode.window_stop is not None:
+                yield ("decode.window_stop", to_dict(self.decode.window_stop),
+                       "not supported by backend 'vllm' (it needs a per-token hook); use backend 'hf' or remove it")
+        elif self.model.tensor_parallel_size != 1:
+            yield ("model.tensor_parallel_size", self.model.tensor_parallel_size,
+                   "is for backend 'vllm'; with backend 'hf' spread a model over GPUs with model.device_map: auto")
 
 
 # --------------------------------------------------------------------------------------------

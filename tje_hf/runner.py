@@ -159,7 +159,9 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
     Args:
         overwrite: start an existing run directory over instead of resuming it.
         progress: show a progress bar (problems, tokens/s, time left) on stderr.
-        lm: an already loaded model (default: load ``cfg.model``; not loaded if nothing is left).
+        lm: an already loaded model, left as it is (default: load ``cfg.model``, not loaded if
+            nothing is left, and shut down (``Backend.shutdown``) before returning, so that the
+            next run in this process finds the device free).
         shard: ``(index, count)``: run every ``count``-th problem from ``index`` into
             ``shards/records-{index}.jsonl`` (see :func:`merge_shards`).
         task: the task (default: ``load_task(cfg.task)``).
@@ -175,6 +177,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
     _check_task_unchanged(cfg.out_dir, task_hash, opening_over)
     run_dir = RunDir.open(cfg.out_dir, {**to_dict(cfg), TASK_HASH_KEY: task_hash}, chash, overwrite=opening_over,
                           records_name=records_name)
+    owned = None  # the model this call loads, and so releases
     try:
         indexed = list(enumerate(task.problems))
         if shard is not None:
@@ -182,8 +185,9 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
         done = run_dir.finished_ids()
         todo = [(i, p) for i, p in indexed if p.id not in done]
         if todo:
-            lm = lm or load_backend(cfg.model, cfg.backend, device=device, batch_size=cfg.batch_size,
-                                    context_tokens=longest_conversation(cfg))
+            if lm is None:
+                lm = owned = load_backend(cfg.model, cfg.backend, signals=cfg.decode.signals, device=device,
+                                          batch_size=cfg.batch_size, context_tokens=longest_conversation(cfg))
             _check_signals(cfg, lm)
             env = environment_info({
                 "model_revision": lm.revision, "model_source": lm.source, "family": lm.family, "backend": cfg.backend,
@@ -196,6 +200,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
         records = run_dir.records()
     finally:
         run_dir.close()  # releases the run directory's lock
+        if owned is not None:
+            owned.backend.shutdown()
     summary = summarize(run_dir.path, records, time.perf_counter() - start, len(todo))
     return summary
 

@@ -108,6 +108,12 @@ class Backend(Protocol):
         """Forget every conversation and free what was kept for them (idempotent)."""
         ...
 
+    def shutdown(self) -> None:
+        """Release what the engine holds beyond this object's references (processes, parallel
+        state, device memory a later engine in this process would need); idempotent. The runner
+        calls it on a model it loaded itself when the run ends."""
+        ...
+
     def describe(self) -> dict:
         """What ``environment.json`` records about the engine: ``model_class``,
         ``model_dtype``, ``model_device``, ``model_generation_config`` (the effective one) and

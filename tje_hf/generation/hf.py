@@ -459,6 +459,10 @@ class HfBackend:
         self._prefix = None
         self._prefix_rows = []
 
+    def shutdown(self) -> None:
+        """Drop the kept cache; the model's memory goes with the last reference to it."""
+        self.drop_cache()
+
     def describe(self) -> dict:
         return {
             "model_class": type(self.model).__name__,

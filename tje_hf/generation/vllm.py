@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..columns import SEGMENTS, signal_columns
-from ..config import DecodeConfig
+from ..config import DecodeConfig, SignalConfig
 from ..models.segments import ANSWER, GENERIC, REASONING, SegmentRules, segment_labels
 from .outputs import (
     GenerationOutput,
@@ -64,6 +64,14 @@ from .signals import deepconf_from_top_logprobs, topk_entropies_from_sorted
 UNAVAILABLE_SIGNALS = ("full_entropy", "self_certainty")
 #: DeepConf's k, as in :class:`tje_hf.generation.tracker.EntropyTracker` (``deepconf_k=20``).
 DEEPCONF_K = 20
+
+
+def logprobs_needed(signals: SignalConfig) -> int:
+    """Log-probabilities a token the engine must return for ``signals``: DeepConf's 20, the largest
+    top-k size, and the trace's alternatives, whichever is largest (``VllmBackend(num_logprobs=)``)."""
+    return max(DEEPCONF_K, *signals.ks, signals.trace_alternatives if signals.trace else 0)
+
+
 #: vLLM ``finish_reason`` -> tje_hf stop reason (``tje_hf.generation.tracker.STOP_REASONS`` names).
 _FINISH_REASONS = {"stop": "eos", "length": "max_new_tokens"}
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import ModelSpec
+from ..config import ModelSpec, SignalConfig
 from ..errors import ModelLoadError
 from .quantization import DTYPES, quantization_config
 
@@ -193,15 +193,19 @@ def load_tokenizer(source: str, spec: ModelSpec, kwargs: dict[str, Any]):
     return tokenizer
 
 
-def load_backend(spec: ModelSpec | None = None, backend: str = "hf", **kwargs: Any) -> LoadedModel:
+def load_backend(spec: ModelSpec | None = None, backend: str = "hf", *, signals: SignalConfig | None = None,
+                 **kwargs: Any) -> LoadedModel:
     """The model of ``spec`` on the engine ``backend`` names (``RunConfig.backend``):
     :func:`load_model` for ``"hf"`` (``kwargs``: ``device``, ``batch_size``, ``context_tokens``,
     ``check_memory``), :func:`load_vllm_model` for ``"vllm"`` (``kwargs`` ignored: the engine
-    sizes its own KV cache)."""
+    sizes its own KV cache), returning enough log-probabilities a token for ``signals`` (the
+    run's ``decode.signals``; default: DeepConf's 20)."""
     if backend == "hf":
         return load_model(spec, **kwargs)
     if backend == "vllm":
-        return load_vllm_model(spec)
+        from ..generation.vllm import logprobs_needed
+
+        return load_vllm_model(spec, **({"num_logprobs": logprobs_needed(signals)} if signals else {}))
     raise ModelLoadError(f"backend={backend!r}: unknown; one of hf, vllm")
 
 
