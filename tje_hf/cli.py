@@ -34,9 +34,9 @@ DEMO_CONFIG = "demo"  # a packaged run config (tje_hf/configs/runs/demo.yaml)
 EPILOG = """Configs: `--config` takes a YAML file or the name of a packaged run config (`tje configs`
 lists them), e.g. gpt-oss-20b_aime24. Overrides: any config field as key.path=value (YAML values):
   tje run --config gpt-oss-20b_aime24 decode.max_new_tokens=2048 batch_size=4
-Data parallel: `accelerate launch --multi_gpu --num_processes N -m tje_hf.cli run --config ...` runs one
-process per GPU, each on
-a disjoint shard of problems; the shards are merged when all are done (resume works per shard)."""
+Data parallel: one process per GPU, each on a disjoint shard of problems, merged when all are done
+(resume works per shard):
+  accelerate launch --multi_gpu --num_processes N -m tje_hf.cli run --config ..."""
 
 
 def _distributed() -> tuple[int, int, int] | None:
@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
     p.add_argument("--limit", type=_int_at_least(1), default=None, metavar="N",
                    help="only the first N problems of the task (same as task.limit=N)")
-    p.add_argument("--overwrite", action="store_true", help="start an existing run directory over")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start an existing run directory over (removes its records, and the report, viewer and "
+                        "tables made from them; nothing else)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -264,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="refinement steps (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="new tokens a step at most (default 48)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over instead of resuming (removes the records, and the report, viewer and tables "
+                        "made from them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
