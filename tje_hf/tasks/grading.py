@@ -31,7 +31,8 @@ takes from the text, and what such a reader cannot decide is unparseable, never 
    either case ("c", "(c)", "option C", "C)", "C."; a lower-case "a" only when nothing follows
    it, so "the answer is a subtle one" names no option), or, when the options are known, the
    text of one option. Numbers and letters later in the explanation do not count.
-5. With several explicit statements, the last one wins (a model revising itself). A statement
+5. With several explicit statements, the last one wins (a model revising itself: also "Hmm,
+   actually, it's C." or "Correction: it is 42." when a lone value ends that clause). A statement
    that names two different candidates side by side ("12 or 15", "104, 140", "either B or C",
    ``\\boxed{12} or \\boxed{15}``, a restated option list, a letter next to another option's
    text) is unparseable, and so is one whose value is not of the task's kind (12.5 for an
@@ -262,6 +263,15 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+# A revision of an earlier statement: "Hmm, actually, it's C.", "Correction: it is 42." It states
+# a value only when a lone value ends its clause right after it; one that names no single value of
+# the task's kind ("it's C or D", "it's 12.5") makes it unparseable, like any statement; anything
+# else ("actually, it's a bit subtler", "actually, it's 6 times 7") is not a revision.
+_REVISION = re.compile(r"\b(?:actually|correction|on\s+second\s+thought)\b[\s,:;!.\u2014\u2013-]*"
+                       r"(?:it|that|this)(?:'s|\u2019s|\s+is|\s+should\s+be|\s+must\s+be)\b", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"[\s*)\]]*(?:[.!;,\n]|$)")
+
+
 # --------------------------------------------------------------------------------------------
 # Integers
 
@@ -368,6 +378,12 @@ def _integer_statements(plain: str, boxes: list[str]) -> list[_Candidate]:
         if value is not _SKIP:
             found.append((match.start(), value))
     found += [(m.start(), str(_int(m.group(1)))) for m in _IS_THE_ANSWER.finditer(plain)]
+    for match in _REVISION.finditer(plain):
+        number = _INTEGER.match(plain, _LEAD.match(plain, match.end()).end())
+        if number is not None and _CLAUSE_END.match(plain, number.end()):
+            found.append((match.start(), str(_int(number.group(1) + number.group(2)))))
+        elif _integer_after(plain, match.end()) is None:  # "12.5", "12 or 15": no single integer
+            found.append((match.start(), None))
     return found
 
 
@@ -610,6 +626,13 @@ def _choice_statements(plain: str, boxes: list[str], letters: str,
     for match in _LETTER_IS.finditer(plain):
         if _group(match).upper() in letters:
             found.append((match.start(), _group(match).upper()))
+    for match in _REVISION.finditer(plain):
+        letter = _LETTER_AT.match(plain, _HEDGE.match(plain, match.end()).end())
+        value = _letter_of(letter, letters, plain) if letter is not None else None
+        if isinstance(value, str) and _CLAUSE_END.match(plain, letter.end()):
+            found.append((match.start(), value))
+        elif _letter_after(plain, match.end(), letters, choices) is None:  # "C or D": no single option
+            found.append((match.start(), None))
     return found
 
 
