@@ -25,7 +25,7 @@ from tje_hf.generation.vllm import (
     token_signals,
     top_logprobs,
 )
-from tje_hf.models.loading import load_backend
+from tje_hf.models.loading import load_backend, load_vllm_model
 from tje_hf.models.segments import ANSWER, HEADER, REASONING, SegmentRules
 
 ENTROPY_ATOL = 2e-4  # bits
@@ -156,9 +156,10 @@ def test_contract_errors_name_the_value():
         VllmBackend("/nonexistent", logprobs_mode="processed_logprobs")
 
 
-def test_the_runner_sizes_the_engine_for_the_runs_signals(tiny_model):
-    """``load_backend(..., signals=)`` (what ``tje run`` calls) asks the engine for enough
-    log-probabilities a token: the largest k, the trace's alternatives, at least DeepConf's 20."""
+def test_the_runner_sizes_the_engine_for_the_run(tiny_model):
+    """``load_backend(..., signals=, context_tokens=)`` (what ``tje run`` calls) asks the engine for
+    enough log-probabilities a token (the largest k, the trace's alternatives, at least DeepConf's
+    20) and a context of the run's longest conversation, capped at the model's (512 tokens here)."""
     assert logprobs_needed(SignalConfig()) == 20
     assert logprobs_needed(SignalConfig(ks=(5, 10, 20, 32))) == 32
     assert logprobs_needed(SignalConfig(trace=True, trace_alternatives=25)) == 25
@@ -166,7 +167,11 @@ def test_the_runner_sizes_the_engine_for_the_runs_signals(tiny_model):
     spec = ModelSpec(name_or_path=str(tiny_model.path), family="generic", dtype="float32")
     lm = load_backend(spec, "vllm", signals=SignalConfig(ks=(5, 10, 20, 32)))  # the engine is built on first use
     assert lm.backend.num_logprobs == lm.backend.engine_args["max_logprobs"] == 32
+    assert lm.backend.engine_args["max_model_len"] is None  # no bound given: the model's own
     assert load_backend(spec, "vllm").backend.num_logprobs == 20
+    assert load_backend(spec, "vllm", context_tokens=300).backend.engine_args["max_model_len"] == 300
+    assert load_backend(spec, "vllm", context_tokens=2048 + 4 * 8192).backend.engine_args["max_model_len"] == 512
+    assert load_vllm_model(spec, context_tokens=300, max_model_len=400).backend.engine_args["max_model_len"] == 400
 
 
 # --------------------------------------------------------------------------------------------

@@ -197,15 +197,18 @@ def load_backend(spec: ModelSpec | None = None, backend: str = "hf", *, signals:
                  **kwargs: Any) -> LoadedModel:
     """The model of ``spec`` on the engine ``backend`` names (``RunConfig.backend``):
     :func:`load_model` for ``"hf"`` (``kwargs``: ``device``, ``batch_size``, ``context_tokens``,
-    ``check_memory``), :func:`load_vllm_model` for ``"vllm"`` (``kwargs`` ignored: the engine
-    sizes its own KV cache), returning enough log-probabilities a token for ``signals`` (the
-    run's ``decode.signals``; default: DeepConf's 20)."""
+    ``check_memory``), :func:`load_vllm_model` for ``"vllm"`` (``kwargs``: ``context_tokens``
+    only; the engine sizes its own KV cache), returning enough log-probabilities a token for
+    ``signals`` (the run's ``decode.signals``; default: DeepConf's 20)."""
     if backend == "hf":
         return load_model(spec, **kwargs)
     if backend == "vllm":
         from ..generation.vllm import logprobs_needed
 
-        return load_vllm_model(spec, **({"num_logprobs": logprobs_needed(signals)} if signals else {}))
+        engine: dict[str, Any] = {"context_tokens": kwargs.get("context_tokens")}
+        if signals is not None:
+            engine["num_logprobs"] = logprobs_needed(signals)
+        return load_vllm_model(spec, **engine)
     raise ModelLoadError(f"backend={backend!r}: unknown; one of hf, vllm")
 
 
@@ -259,12 +262,19 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
                        revision=revision or _resolve_revision(source, spec), source=source)
 
 
-def load_vllm_model(spec: ModelSpec | None = None, **engine_kwargs) -> LoadedModel:
+def load_vllm_model(spec: ModelSpec | None = None, *, context_tokens: int | None = None,
+                    **engine_kwargs) -> LoadedModel:
     """The model of ``spec`` on the vLLM backend (``backend: vllm`` in a run config).
 
     The engine itself is built on first use; the tokenizer (for chat templates, decoding and
     family detection) is loaded with Transformers, as for :func:`load_model`. Needs the vLLM
     virtualenv (docs/vllm.md).
+
+    ``context_tokens``: the longest sequence the run needs (the runner passes
+    :func:`tje_hf.runner.longest_conversation`). It becomes the engine's ``max_model_len``,
+    capped at the model's context, unless ``engine_kwargs`` name one: vLLM refuses to start when
+    one sequence of ``max_model_len`` tokens does not fit the cache left beside the weights, and
+    a model's whole context (262,144 tokens for Qwen3-2507) often does not.
     """
     from transformers import AutoConfig
 
@@ -282,6 +292,10 @@ def load_vllm_model(spec: ModelSpec | None = None, **engine_kwargs) -> LoadedMod
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the model config ({exc})") \
             from exc
+    if context_tokens and "max_model_len" not in engine_kwargs:
+        from .memory import model_context
+
+        engine_kwargs["max_model_len"] = min(context_tokens, model_context(config) or context_tokens)
     backend = VllmBackend(source, dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
                           revision=spec.revision, trust_remote_code=spec.trust_remote_code, tokenizer=tokenizer,
                           **engine_kwargs)

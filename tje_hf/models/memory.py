@@ -594,10 +594,15 @@ def check_fits(estimate: MemoryEstimate, device: str | torch.device | None = Non
 # Before load_model loads
 
 
+def model_context(config) -> int | None:
+    """The model's context in tokens (``max_position_embeddings`` of its text config), or None."""
+    ctx = getattr(_text_config(config), "max_position_embeddings", None)
+    return int(ctx) if ctx else None
+
+
 def default_context(config, cap: int = 32768) -> int:
     """``config.max_position_embeddings`` capped at ``cap`` (32k: the paper's runs stay below)."""
-    ctx = getattr(_text_config(config), "max_position_embeddings", None) or cap
-    return int(min(ctx, cap))
+    return min(model_context(config) or cap, cap)
 
 
 def preflight(source: str, spec, *, device: str | None = None, device_map: str | None = None, batch_size: int = 1,
@@ -623,10 +628,10 @@ def preflight(source: str, spec, *, device: str | None = None, device_map: str |
         return None
     quant = effective_quantization(spec.quantization, config)
     # Never more than the model's own context: generation stops there (tje_hf.generation.hf).
-    max_ctx = getattr(_text_config(config), "max_position_embeddings", None)
+    max_ctx = model_context(config)
     context = context_tokens or default_context(config)
     if max_ctx:
-        context = min(context, int(max_ctx))
+        context = min(context, max_ctx)
     est = estimate_memory(config, dtype=spec.dtype, quantization=quant, batch_size=batch_size, context_tokens=context,
                           record_sliding_past=True, trust_remote_code=bool(kwargs.get("trust_remote_code")))
     log.info("%s\n%s", spec.name_or_path, est.table())
