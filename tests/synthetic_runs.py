@@ -141,6 +141,16 @@ def trace_means(trace: np.ndarray) -> tuple[dict, dict]:
     return signals, counts
 
 
+def step_record(k: int, ok: bool | None, n: int, signals: dict, counts: dict, ref) -> dict:
+    """Step ``k + 1`` of a synthetic record: answer 42 when ``ok``, 41 when not, none when None;
+    ``n`` tokens whose means and counts are ``signals`` and ``counts``; its trace at ``ref``."""
+    return {"step": k + 1, "seed": k, "text": "", "answer_text": "", "answer": None if ok is None else
+            str(42 if ok else 41), "correct": ok, "grade_reason": "match" if ok else "mismatch",
+            "n_generated": n, "prompt_tokens": 10, "prefilled_tokens": 10, "reused_tokens": 0,
+            "cache": "none", "stop_reason": "eos", "wall_time_s": 0.1, "signals": signals,
+            "counts": counts, "n_invalid": 0, "trace": ref.to_json()}
+
+
 def build_run(path: Path, *, with_alternatives: bool = True) -> Path:
     """Seven problems: step-1 correct ones have low entropy, incorrect ones high; one has 1300-token steps."""
     rng = np.random.default_rng(7)
@@ -158,11 +168,7 @@ def build_run(path: Path, *, with_alternatives: bool = True) -> Path:
                 trace = pack_trace(COLUMNS, trace["values"], trace["segment"], trace["token"].tolist())
             ref = run.append_trace(trace, COLUMNS)
             signals, counts = trace_means(trace)
-            steps.append({"step": k + 1, "seed": k, "text": "", "answer_text": "", "answer": None if ok is None else
-                          str(42 if ok else 41), "correct": ok, "grade_reason": "match" if ok else "mismatch",
-                          "n_generated": n, "prompt_tokens": 10, "prefilled_tokens": 10, "reused_tokens": 0,
-                          "cache": "none", "stop_reason": "eos", "wall_time_s": 0.1, "signals": signals,
-                          "counts": counts, "n_invalid": 0, "trace": ref.to_json()})
+            steps.append(step_record(k, ok, n, signals, counts, ref))
         run.append({"schema": 1, "config_hash": "cafe0001", "problem_id": pid, "index": index, "task": "arith",
                     "gold": "42", "model": "synthetic", "model_revision": "local", "family": "generic",
                     "prompt_hash": "0" * 16, "policy": "all", "n_steps": len(steps), "steps": steps,

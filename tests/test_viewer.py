@@ -22,7 +22,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 from needs import unavailable
-from synthetic_runs import BIG, COLUMNS, H_MAX, N_ALT, build_run, step_trace, trace_means
+from synthetic_runs import BIG, COLUMNS, H_MAX, N_ALT, build_run, step_record, step_trace, trace_means
 
 from tje_hf.analysis.calibration import METHODS, calibrate_records
 from tje_hf.records import RunDir, read_records, read_trace
@@ -62,11 +62,7 @@ def build_gate_run(path: Path, tau: float = GATE_TAU) -> Path:
             trace = step_trace(rng, n, level)
             ref = run.append_trace(trace, COLUMNS)
             signals, counts = trace_means(trace)
-            steps.append({"step": k + 1, "seed": k, "text": "", "answer_text": "", "answer": None if ok is None else
-                          str(42 if ok else 41), "correct": ok, "grade_reason": "match" if ok else "mismatch",
-                          "n_generated": n, "prompt_tokens": 10, "prefilled_tokens": 10, "reused_tokens": 0,
-                          "cache": "none", "stop_reason": "eos", "wall_time_s": 0.1, "signals": signals,
-                          "counts": counts, "n_invalid": 0, "trace": ref.to_json()})
+            steps.append(step_record(k, ok, n, signals, counts, ref))
             if k == 0 and signals["all"][SIGNAL] <= tau:
                 break
         run.append({"schema": 1, "config_hash": "cafe0003", "problem_id": pid, "index": index, "task": "arith",
