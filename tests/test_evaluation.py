@@ -110,7 +110,7 @@ def test_oracle_and_sweep_by_hand(table):
     assert [g.tau for g in sweep] == [-math.inf, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     # tau 0.5 stops a only: cost 2000 - 200 + 100 = 1900, savings 0.05, Thresh Acc 4/6.
     assert sweep[1].savings == pytest.approx(0.05)
-    o = oracle(table)
+    o = oracle(sweep)
     # No loss (Thresh Acc >= 4/6): tau -inf, 0.5, 1.0, 1.5, 2.0; most savings at tau 2.0 (0.35).
     assert o.no_loss.tau == 2.0 and o.no_loss.savings == pytest.approx(0.35) and o.no_loss.acc_diff == 0
     # Best Thresh Acc: 5/6 at tau 1.5 only.
@@ -393,7 +393,7 @@ def _old_evaluate_run(records, signal="topk_entropy@20", segment="all", seed=0, 
         "n_step_accuracy": float(table.correct[:, -1].mean()), "in_sample": IN_SAMPLE_NOTE,
         "calibration": cal, "gate": {m: gate(table, t) for m, t in taus.items()},
         "separation": separation(table.h1, table.correct[:, 0], n_boot, seed=seed),
-        "oracle": oracle(table), "sweep": tau_sweep(table), "few_shot": few_shot(table, sizes, n_draws, seed),
+        "oracle": oracle(tau_sweep(table)), "sweep": tau_sweep(table), "few_shot": few_shot(table, sizes, n_draws, seed),
         "topk_ablation": {str(k): s for k, s in topk_ablation(records, segment, 1, n_boot, seed=seed).items()},
         "persistence": persistence(table, n_boot, seed=seed), "budget": budget_curves(table, taus)})
 

@@ -49,6 +49,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from tje_hf.analysis.calibration import calibrate_records
 from tje_hf.analysis.report import write_report
+from tje_hf.generation.kvcache import longest_common_prefix
 from tje_hf.generation.vllm import UNAVAILABLE_SIGNALS
 from tje_hf.models.loading import load_model, load_vllm_model
 from tje_hf.records import read_trace
@@ -95,13 +96,6 @@ class ForceOnVllm(LogitsProcessor):
             logits[row] = float("-inf")
             logits[row, token] = 0.0
         return logits
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 class PromptSpy:
@@ -159,7 +153,7 @@ def test_vllm_records_the_real_format(both_runs, tmp_path):
         second = rec["steps"][1]
         # the engine's prefix cache serves the whole blocks that step 2's prompt shares with step 1's
         # prompt and completion (vLLM computes at least a prompt's last token)
-        shared = common_prefix(prompts[0][row] + completion.ids, prompts[1][row])
+        shared = longest_common_prefix(prompts[0][row] + completion.ids, prompts[1][row])
         assert second["cache"] == "prefix-cache", second
         assert second["reused_tokens"] == BLOCK_SIZE * (min(shared, len(prompts[1][row]) - 1) // BLOCK_SIZE) > 0, \
             (shared, second["reused_tokens"])

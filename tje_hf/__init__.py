@@ -26,7 +26,8 @@ if TYPE_CHECKING:
         load_run_config,
     )
     from .export import to_dataframe
-    from .generation.hf import GenerationOutput, SequenceResult, generate_with_entropy
+    from .generation.hf import generate_with_entropy
+    from .generation.outputs import GenerationOutput, SequenceResult
     from .generation.signals import (
         deepconf_confidence,
         full_entropy,
@@ -50,7 +51,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ".config": ("DecodeConfig", "ModelSpec", "RefineConfig", "RunConfig", "SignalConfig", "TaskConfig",
                 "load_run_config"),
     ".export": ("to_dataframe",),
-    ".generation.hf": ("GenerationOutput", "SequenceResult", "generate_with_entropy"),
+    ".generation.hf": ("generate_with_entropy",),
+    ".generation.outputs": ("GenerationOutput", "SequenceResult"),
     ".generation.signals": ("deepconf_confidence", "full_entropy", "self_certainty", "token_logprob",
                             "topk_entropies", "topk_entropy"),
     ".generation.tracker": ("EntropyTracker", "TokenBudgetStop", "WindowMeanStop"),

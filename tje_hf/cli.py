@@ -187,12 +187,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_regrade(args: argparse.Namespace) -> int:
+    from .records import RECORDS, REGRADES
     from .regrade import regrade
 
     summary = regrade(_run_dir(args.run_dir))
     print(summary.table())
     print(f"\n{summary.n_changed} step grades changed ({summary.n_problems} problems, grader {summary.grader}); "
-          f"appended to {summary.run_dir / 'regrades.jsonl'} (records.jsonl unchanged)")
+          f"appended to {summary.run_dir / REGRADES} ({RECORDS} unchanged)")
     return 0
 
 

@@ -15,7 +15,16 @@ from pathlib import Path
 
 from .config import TaskConfig, from_dict
 from .errors import ConfigError, RunDirError
-from .records import RECORDS, REGRADES, RunDir, append_line, load_config, read_records, source_revision
+from .records import (
+    GRADE_KEYS,
+    RECORDS,
+    REGRADES,
+    RunDir,
+    append_line,
+    load_config,
+    read_records,
+    source_revision,
+)
 
 
 @dataclass
@@ -94,7 +103,7 @@ def regrade(run_dir: str | Path, task=None) -> RegradeSummary:
             grade = task.grade(problem, step.get("answer_text") or "")
             new = {"step": step["step"], "answer": grade.answer, "correct": grade.correct,
                    "grade_reason": grade.reason}
-            changed += any(step.get(k) != new[k] for k in ("answer", "correct", "grade_reason"))
+            changed += any(step.get(k) != new[k] for k in GRADE_KEYS)
             steps.append(new)
         lines.append({"problem_id": rec["problem_id"], "config_hash": rec.get("config_hash"), "grader": grader,
                       "regraded_at": now, "steps": steps})

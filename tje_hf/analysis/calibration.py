@@ -89,7 +89,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..columns import DEFAULT_COLUMN, HIGHER_IS_UNCERTAIN, signal_of
+from ..columns import DEFAULT_COLUMN, higher_is_uncertain
 
 METHODS: tuple[str, ...] = ()
 """The registered threshold methods, in registration order (the built-ins in docs/method.md's order:
@@ -560,7 +560,7 @@ def step_values(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str 
         unparseable answer (``correct`` null) counts as **incorrect**, as a user of the gate would
         get no usable answer from it. ``tokens (n,) int64``: ``n_generated`` of the step.
     """
-    sign = 1.0 if HIGHER_IS_UNCERTAIN[signal_of(signal)] else -1.0
+    sign = 1.0 if higher_is_uncertain(signal) else -1.0
     if step < 1:
         raise ValueError(f"step is 1-based, got step={step}")
     values = np.empty(len(records), dtype=np.float64)

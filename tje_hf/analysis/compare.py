@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..columns import DEFAULT_COLUMN, SIGNAL_UNITS, signal_of
+from ..columns import DEFAULT_COLUMN, unit_of
 from ..records import load_config, read_records
 from .calibration import step_values
 from .evaluation import RunEvaluation, Separation, evaluate_run, separation
@@ -162,7 +162,7 @@ def _compare_md(runs: list[_Compared], paired: list, signal: str, segment: str) 
     alls = [r for r in runs if r.res is not None]
     gates = [r for r in runs if r.gate is not None]
     md = [f"# Comparison of {len(runs)} runs", "",
-          (f"Signal `{signal}` ({SIGNAL_UNITS[signal_of(signal)]}), segment `{segment}`, step 1. AUROC: the signal as "
+          (f"Signal `{signal}` ({unit_of(signal)}), segment `{segment}`, step 1. AUROC: the signal as "
            "a predictor of an incorrect answer (0.5 = no separation), with the class sizes n (correct/incorrect). "
            "Rates show their counts (k/n); unparseable answers (`correct: null`) count as incorrect and are listed "
            "per step (unparseable/problems that reached the step).")]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,9 +185,8 @@ class Oracle:
     best_acc: GateResult
 
 
-def oracle(table: RunTable) -> Oracle:
-    """:class:`Oracle` over :func:`tau_sweep`."""
-    sweep = tau_sweep(table)
+def oracle(sweep: Sequence[GateResult]) -> Oracle:
+    """:class:`Oracle` over a :func:`tau_sweep`."""
     feasible = [g for g in sweep if g.acc_diff >= 0]
     no_loss = max(feasible, key=lambda g: (g.savings, g.thresh_acc, -g.tau))
     best = max(sweep, key=lambda g: (g.thresh_acc, g.savings, -g.tau))
@@ -408,16 +408,16 @@ def evaluate_run(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str
     n_excluded = int((~finite).sum())
     cal = dataclasses.replace(calibrate(table.h1[finite], table.correct[finite, 0]), n_excluded=n_excluded)
     taus = cal.thresholds()
+    sweep = tuple(tau_sweep(table))
+    persist = tuple(persistence(table, n_boot, seed=seed))  # its step 1 is the run's separation
     return RunEvaluation(
         signal=signal, segment=segment, n_problems=table.n_problems, n_steps=table.n_steps,
         n_excluded=n_excluded, step1_accuracy=float(table.correct[:, 0].mean()),
         n_step_accuracy=float(table.correct[:, -1].mean()), in_sample=IN_SAMPLE_NOTE, calibration=cal,
-        gate={m: gate(table, t) for m, t in taus.items()},
-        separation=separation(table.h1, table.correct[:, 0], n_boot, seed=seed),
-        oracle=oracle(table), sweep=tuple(tau_sweep(table)), few_shot=tuple(few_shot(table, sizes, n_draws, seed)),
+        gate={m: gate(table, t) for m, t in taus.items()}, separation=persist[0],
+        oracle=oracle(sweep), sweep=sweep, few_shot=tuple(few_shot(table, sizes, n_draws, seed)),
         topk_ablation=topk_ablation(records, segment, 1, n_boot, seed=seed),
-        persistence=tuple(persistence(table, n_boot, seed=seed)), budget=budget_curves(table, taus),
-        steps=step_summaries(records, table.n_steps))
+        persistence=persist, budget=budget_curves(table, taus), steps=step_summaries(records, table.n_steps))
 
 
 def _refuse_gate_run(records: list[dict], n_steps: int | None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..columns import SIGNAL_UNITS, signal_of
+from ..columns import unit_of
 from .evaluation import RunEvaluation, Separation
 from .fmt import SMALL_N, signal_axis_label
 from .gate_run import GateRunEvaluation
@@ -155,7 +155,7 @@ def _plot_few_shot(fig, res: RunEvaluation) -> bool:
         return False
     ax1, ax2 = fig.subplots(1, 2)
     ns = np.array([s.n for s in fs], dtype=float)
-    unit = SIGNAL_UNITS[signal_of(res.signal)]
+    unit = unit_of(res.signal)
     names = list(fs[0].methods)
     pal, ls = palette(names), linestyles(names)
     for j, m in enumerate(names):

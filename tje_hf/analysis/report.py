@@ -17,7 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..columns import DEFAULT_COLUMN, HIGHER_IS_UNCERTAIN, SIGNAL_UNITS, signal_of
+from ..columns import (
+    DEFAULT_COLUMN,
+    higher_is_uncertain,
+    unit_of,
+)
 from ..records import REPORT_DIR, load_config, read_records
 from .calibration import step_values
 from .compare import compare_runs
@@ -108,8 +112,8 @@ def _report_md(meta: dict, res: RunEvaluation, figures: dict[str, str], skipped:
 
 
 def _intro_md(meta: dict, res: RunEvaluation) -> list[str]:
-    unit = SIGNAL_UNITS[signal_of(res.signal)]
-    direction = ("" if HIGHER_IS_UNCERTAIN[signal_of(res.signal)] else
+    unit = unit_of(res.signal)
+    direction = ("" if higher_is_uncertain(res.signal) else
                  " The signal is a confidence (higher = more confident): it is **negated** here, so that "
                  "higher = more uncertain and every threshold is on the negated value.")
     parts = [
@@ -139,7 +143,7 @@ def _accuracy_md(res: RunEvaluation) -> list[str]:
 
 def _calibration_md(res: RunEvaluation) -> list[str]:
     cal = res.calibration
-    unit = SIGNAL_UNITS[signal_of(res.signal)]
+    unit = unit_of(res.signal)
     parts = ["", "## Calibration on all problems", "",
              f"Means and sample sds (ddof = 1) of the step-1 value ({unit}); Cohen's d with the pooled sd.", "",
              table(["mu_c", "sigma_c", "n_c", "mu_i", "sigma_i", "n_i", "Cohen's d"],
@@ -155,7 +159,7 @@ def _calibration_md(res: RunEvaluation) -> list[str]:
 
 def _gate_md(res: RunEvaluation, figures: dict[str, str]) -> list[str]:
     n = res.n_steps
-    unit = SIGNAL_UNITS[signal_of(res.signal)]
+    unit = unit_of(res.signal)
     rows = [gate_row(method_title(m), g) for m, g in res.gate.items()]
     rows += [gate_row("oracle: most savings, no loss", res.oracle.no_loss),
              gate_row("oracle: best Thresh Acc", res.oracle.best_acc)]
@@ -195,7 +199,7 @@ def _few_shot_row(size: FewShotSize, m: str) -> list:
 
 
 def _few_shot_md(res: RunEvaluation, figures: dict[str, str]) -> list[str]:
-    unit = SIGNAL_UNITS[signal_of(res.signal)]
+    unit = unit_of(res.signal)
     parts = ["", "## Few-shot calibration (held out)", ""]
     if res.few_shot:
         fs_rows = [_few_shot_row(size, m) for size in res.few_shot for m in size.methods]
@@ -270,8 +274,8 @@ def _budget_md(res: RunEvaluation, figures: dict[str, str]) -> list[str]:
 
 def _gate_report_md(meta: dict, res: GateRunEvaluation, figures: dict[str, str], skipped: str | None) -> str:
     st, q = res.settings, res.n_problems
-    unit = SIGNAL_UNITS[signal_of(st.column)]
-    negated = "" if HIGHER_IS_UNCERTAIN[signal_of(st.column)] else " (a confidence: the threshold is on its negation)"
+    unit = unit_of(st.column)
+    negated = "" if higher_is_uncertain(st.column) else " (a confidence: the threshold is on its negation)"
     parts = [
         f"# Gate run report: {meta['model']} on {meta['task']}",
         "",

@@ -30,10 +30,9 @@ from transformers import (
 )
 
 from ..config import DecodeConfig
-from ..errors import PromptTooLongError  # noqa: F401 - re-exported where it was first defined
 from ..models.segments import GENERIC, SegmentRules
 from .kvcache import CachedPrefix, ReusePlan, new_cache, plan_reuse
-from .outputs import (  # GenerationOutput, SequenceResult, left_pad, pad_token_id: importable from here too
+from .outputs import (
     GenerationOutput,
     ReuseStats,
     SequenceResult,

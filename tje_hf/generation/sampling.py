@@ -18,14 +18,15 @@ _M32 = 0xFFFFFFFF
 
 
 def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
-    """``(a * c) mod 2**32`` for int64 tensors holding 32-bit values, without int64 overflow."""
+    """``(a * c) mod 2**32`` for int64 tensors (or Python ints) holding 32-bit values, without int64
+    overflow."""
     lo = (a & 0xFFFF) * c
     hi = (((a >> 16) * c) & 0xFFFF) << 16
     return (lo + hi) & _M32
 
 
 def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser on int64 tensors holding 32-bit values."""
+    """MurmurHash3's 32-bit finaliser on int64 tensors (or Python ints) holding 32-bit values."""
     h = h ^ (h >> 16)
     h = _mul32(h, 0x85EBCA6B)
     h = h ^ (h >> 13)
@@ -40,9 +41,8 @@ def token_hashes(vocab: int, device: torch.device | str) -> torch.Tensor:
 
 def uniform_noise(seeds: torch.Tensor, step: int, token_hash: torch.Tensor) -> torch.Tensor:
     """``(B, V)`` float64 uniforms in (0, 1) from row seeds ``(B,)``, the step and ``token_hashes``."""
-    device = token_hash.device
-    key = _fmix32((seeds.to(torch.int64) ^ _fmix32(torch.tensor(step * 0x632BE5AB & _M32, device=device)))
-                  & _M32)
+    # The step's hash is a Python int (the same arithmetic as on tensors): no host-to-device copy per step.
+    key = _fmix32((seeds.to(torch.int64) ^ _fmix32(step * 0x632BE5AB & _M32)) & _M32)
     h = _fmix32(token_hash[None, :] ^ key[:, None])
     return (h.double() + 0.5) / 4294967296.0
 

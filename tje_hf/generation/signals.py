@@ -69,6 +69,10 @@ def _entropy_bits_from_values(values: torch.Tensor) -> torch.Tensor:
     return -plogp.sum(-1) * LOG2E
 
 
+#: DeepConf's k: its confidence averages the top-20 log-probabilities of each token.
+DEEPCONF_K = 20
+
+
 def topk_entropy(logits: torch.Tensor, k: int = 20, *, check: bool = True) -> torch.Tensor:
     """Top-k renormalised Shannon entropy in bits, ``(..., V) -> (...)`` float32.
 
@@ -111,7 +115,7 @@ def full_entropy(logits: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     return _entropy_bits_from_values(_upcast(logits))
 
 
-def deepconf_confidence(logits: torch.Tensor, k: int = 20, *, check: bool = True) -> torch.Tensor:
+def deepconf_confidence(logits: torch.Tensor, k: int = DEEPCONF_K, *, check: bool = True) -> torch.Tensor:
     """DeepConf token confidence in nats: ``-(1/k) * sum`` of the top-k full-vocabulary log-probs.
 
     ``(..., V) -> (...)``. Higher = more confident. Masked entries are excluded from the k (the
@@ -170,7 +174,7 @@ def _column_index(cols: tuple[int, ...], device: torch.device) -> torch.Tensor:
 _MASKED = -1.0e4  # a logit this far below the maximum has probability < e^-10000: exactly 0 in float32
 
 
-def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = 20,
+def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = DEEPCONF_K,
                 full_vocab: bool = True) -> dict[str, torch.Tensor]:
     """Every signal except the generated token's log-probability, in few passes, unchecked.
 

@@ -23,7 +23,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 
 from ..columns import SEGMENTS, higher_is_uncertain, signal_columns
 from ..models.segments import ANSWER, GENERIC, HEADER_ANSWER, REASONING, SegmentMachine, SegmentRules
-from .signals import all_signals
+from .signals import DEEPCONF_K, all_signals
 
 STOP_RUNNING, STOP_EOS, STOP_MAX_NEW_TOKENS, STOP_WINDOW, STOP_BUDGET, STOP_CONTEXT = 0, 1, 2, 3, 4, 5
 STOP_REASONS = {
@@ -65,7 +65,7 @@ class EntropyTracker(LogitsProcessor):
         segment_rules: SegmentRules = GENERIC,
         trace: bool = False,
         trace_alternatives: int = 0,
-        deepconf_k: int = 20,
+        deepconf_k: int = DEEPCONF_K,
         full_vocab: bool = True,
     ):
         B, T = batch_size, max_new_tokens

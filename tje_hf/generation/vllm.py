@@ -33,6 +33,7 @@ imports without vLLM installed. Its CPU build, the tests and the install are des
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Hashable, Sequence
@@ -58,12 +59,10 @@ from .outputs import (
     sequence_result,
     tokens_per_second,
 )
-from .signals import deepconf_from_top_logprobs, topk_entropies_from_sorted
+from .signals import DEEPCONF_K, deepconf_from_top_logprobs, topk_entropies_from_sorted
 
 #: Columns that need the full vocabulary, which vLLM's top-n log-probabilities do not give.
 UNAVAILABLE_SIGNALS = ("full_entropy", "self_certainty")
-#: DeepConf's k, as in :class:`tje_hf.generation.tracker.EntropyTracker` (``deepconf_k=20``).
-DEEPCONF_K = 20
 
 
 def logprobs_needed(signals: SignalConfig) -> int:
@@ -196,7 +195,7 @@ class VllmBackend:
     def pad_token_id(self) -> int:
         """The id that pads ``GenerationOutput.sequences``: the tokenizer's pad, else its EOS, else
         the model config's ``pad_token_id`` / first ``eos_token_id``, else 0."""
-        return pad_token_id(self.tokenizer, fallback=self._config_pad_id())
+        return pad_token_id(self.tokenizer, fallback=self._config_pad_id)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -226,7 +225,9 @@ class VllmBackend:
         except (OSError, ValueError):
             return None
 
+    @functools.cached_property
     def _config_pad_id(self) -> int:
+        """Read once: the model directory does not change under the engine."""
         config_file = Path(self.model_path) / "config.json"
         if config_file.is_file():
             cfg = json.loads(config_file.read_text())

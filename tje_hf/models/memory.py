@@ -470,9 +470,7 @@ def effective_quantization(requested: str, config, *, cuda: bool | None = None,
         mxfp4_kernels = not missing_mxfp4_kernels()
     if fp8_gpu is None:
         fp8_gpu = fp8_native_gpu() if cuda else False
-    qc = getattr(config, "quantization_config", None)
-    get = qc.get if isinstance(qc, dict) else (lambda k, d=None: getattr(qc, k, d))
-    method = get("quant_method") if qc is not None else None
+    method = _quant_get(config, "quant_method")
     if requested in ("4bit", "8bit"):
         return requested
     if requested == "bf16-dequantized":
@@ -482,7 +480,7 @@ def effective_quantization(requested: str, config, *, cuda: bool | None = None,
     if method == "fp8":
         return "fp8" if cuda and fp8_gpu else "none"
     if method == "bitsandbytes":
-        return "4bit" if get("load_in_4bit", False) else "8bit"
+        return "4bit" if _quant_get(config, "load_in_4bit", False) else "8bit"
     return "none"
 
 

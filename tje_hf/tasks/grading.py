@@ -57,14 +57,11 @@ there (:func:`_math_verify_timeout`).
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
-
-log = logging.getLogger(__name__)
 
 GradeReason = Literal["match", "mismatch", "unparseable"]
 LETTERS = "ABCDEFGHIJ"
