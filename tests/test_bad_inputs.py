@@ -58,6 +58,7 @@ CASES = [
     ("top-k of zero", lambda t: ["run", "--config", run_yaml(t, ""), "decode.signals.ks=[0]"], "ks"),
     ("gate without tau", lambda t: ["run", "--config", run_yaml(t, ""), "refine.policy=gate"], "tau"),
     ("unknown key", lambda t: ["run", "--config", run_yaml(t, ""), "decode.temprature=0.5"], "temprature"),
+    ("unquoted YAML date", lambda t: ["run", "--config", run_yaml(t, "system_prompt: 2025-08-05\n")], "system_prompt"),
     ("out_dir is a file", lambda t: ["run", "--config", run_yaml(t, ""), f"out_dir={t / 'e.jsonl'}"], "e.jsonl"),
     ("null record line", lambda t: ["report", str(with_records(t, ["null"]))], "null"),
     ("record without problem_id", lambda t: ["report", str(without_problem_id(t))], "problem_id"),

@@ -9,6 +9,7 @@ batch means different padding, which moves the last bits of the logits).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,8 @@ def test_two_processes_give_the_single_process_records(tmp_path, smollm2):
     parallel = small_config(tmp_path, "parallel", task={"size": 6, "seed": 5}, batch_size=2)
     proc = _launch(parallel, 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 0's summary counts every shard's records as new (not "0 new, 0 s")
+    assert re.search(r"\(6 problems, 6 new, [1-9]\d* s\)", proc.stdout), proc.stdout[-2000:]
     merged = read_records(tmp_path / "parallel")
     shards = [read_records(tmp_path / "parallel" / "shards" / f"records-{r}.jsonl") for r in (0, 1)]
     assert sorted(len(s) for s in shards) == [3, 3]
@@ -59,3 +62,4 @@ def test_two_processes_give_the_single_process_records(tmp_path, smollm2):
     again = _launch(parallel, 2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(read_records(tmp_path / "parallel")) == 6
+    assert "(6 problems, 0 new," in again.stdout, again.stdout[-2000:]

@@ -24,6 +24,7 @@ from tje_hf.errors import RunDirError
 from tje_hf.records import (
     DERIVED_FILES,
     SCHEMA_VERSION,
+    TASK_HASH_KEY,
     RunDir,
     pack_trace,
     problem_record,
@@ -244,6 +245,29 @@ def test_a_run_without_records_may_be_reinitialised(tmp_path, caplog):
     with pytest.raises(RunDirError, match="config hash h2.*--overwrite"):  # now it holds records
         RunDir.open(out, {}, "h3")
     assert snapshot(out) == before
+
+
+def test_changed_problems_are_refused_in_shards_and_taken_before_the_first_record(tmp_path):
+    """The task check is the run directory's own: it sees records in shards/ too, and a directory
+    without records takes the new task's hash (a later resume over the new task is not refused)."""
+    sharded = tmp_path / "sharded"
+    RunDir.open(sharded, {TASK_HASH_KEY: "t1"}, "h").close()
+    shard = RunDir.open(sharded, {TASK_HASH_KEY: "t1"}, "h", records_name="shards/records-1.jsonl")
+    add(shard, "1")
+    shard.close()
+    before = snapshot(sharded)
+    for records_name in ("shards/records-1.jsonl", "records.jsonl"):
+        with pytest.raises(RunDirError, match="other problems.*content hash t1, now t2.*--overwrite"):
+            RunDir.open(sharded, {TASK_HASH_KEY: "t2"}, "h", records_name=records_name)
+    assert snapshot(sharded) == before
+
+    fresh = tmp_path / "fresh"
+    RunDir.open(fresh, {TASK_HASH_KEY: "t1"}, "h").close()  # failed before its first record
+    run = RunDir.open(fresh, {TASK_HASH_KEY: "t2"}, "h")
+    assert json.loads((fresh / "config.json").read_text())["config"][TASK_HASH_KEY] == "t2"
+    add(run, "0")
+    run.close()
+    RunDir.open(fresh, {TASK_HASH_KEY: "t2"}, "h").close()  # resumes
 
 
 # 5. bad files: one-line errors through the CLI

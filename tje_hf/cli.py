@@ -77,8 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _barrier()
         if dist[0] != 0:
             return 0
-        merge_shards(cfg.out_dir)
-        summary = summarize(cfg.out_dir)
+        # every shard's new records are new in records.jsonl; the wall time is rank 0's (all ran together)
+        summary = summarize(cfg.out_dir, wall=summary.wall_time_s, n_new=merge_shards(cfg.out_dir))
     print(summary.table())
     print(f"\nrecords: {Path(cfg.out_dir) / 'records.jsonl'} ({summary.n_problems} problems, "
           f"{summary.n_new} new, {summary.wall_time_s:.0f} s)")

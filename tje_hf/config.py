@@ -15,6 +15,7 @@ path instead: ``config field 'decode.top_p' = 1.5: must be in (0, 1]``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -526,7 +527,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple
         source = find_run_config(path)
         base = source.parent if isinstance(source, Path) else None
         data = resolve_model_reference(_read_yaml(source), base)
-    data = json.loads(json.dumps(data))  # a private deep copy
+    data = copy.deepcopy(data)  # private; YAML values such as dates are kept for the type check to name
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.path=value")

@@ -62,6 +62,9 @@ REGRADES = "regrades.jsonl"
 LOCK = "records.lock"
 SHARDS = "shards"
 MARKER = "tje_run"  # the key in config.json that marks a directory as a run directory
+#: The key of ``config.json``'s ``config`` that holds a content hash of the task's problems
+#: (``tje_hf.runner.task_problems_hash``): a resume over changed problems is refused.
+TASK_HASH_KEY = "task_problems_hash"
 # Every file the tool writes in a run directory (and in its shards/ folder): the only ones that
 # ``--overwrite`` removes.
 WRITTEN_FILES = (CONFIG, ENVIRONMENT, RECORDS, TRACES, REGRADES)
@@ -368,7 +371,7 @@ class RunDir:
     def open(cls, path: str | Path, config: dict, config_hash: str, *, overwrite: bool = False,
              records_name: str = RECORDS) -> RunDir:
         path = Path(path)
-        existing = _check_out_dir(path, config_hash, overwrite)  # read-only: refuses before any write
+        existing = _check_out_dir(path, config_hash, config.get(TASK_HASH_KEY), overwrite)  # refuses before any write
         try:
             (path / records_name).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -377,10 +380,10 @@ class RunDir:
         run.lock()
         if existing is not None and overwrite:
             remove_run_files(path)
-        elif existing is not None and existing.get("config_hash") != config_hash:
-            log.warning("%s: re-initialising: its config.json (hash %s) has no records yet; writing this "
-                        "config (hash %s)", path, existing.get("config_hash"), config_hash)
-        if existing is None or overwrite or existing.get("config_hash") != config_hash:
+        elif existing is not None and _other_run(existing, config_hash, config.get(TASK_HASH_KEY)):
+            log.warning("%s: re-initialising: its config.json (%s) has no records yet; writing this config",
+                        path, _other_run(existing, config_hash, config.get(TASK_HASH_KEY)))
+        if existing is None or overwrite or _other_run(existing, config_hash, config.get(TASK_HASH_KEY)):
             _atomic_write(path / CONFIG, dumps({"schema": SCHEMA_VERSION, MARKER: True, "config_hash": config_hash,
                                                 "config": config}, indent=2))
         run._repair()
@@ -528,7 +531,18 @@ def _has_results(path: Path) -> bool:
     return any(p.is_file() and p.stat().st_size > 0 for p in names)
 
 
-def _check_out_dir(path: Path, config_hash: str, overwrite: bool) -> dict | None:
+def _other_run(existing: dict, config_hash: str, task_hash: str | None) -> str | None:
+    """How the run of ``existing`` (a parsed ``config.json``) differs from this one: its config
+    hash, or the content hash of its task's problems (when both hold one); None when it does not."""
+    if existing.get("config_hash") != config_hash:
+        return f"config hash {existing.get('config_hash')}, this config hashes to {config_hash}"
+    held = existing.get("config", {}).get(TASK_HASH_KEY)
+    if held is not None and task_hash is not None and held != task_hash:
+        return f"the task's problems changed since it started (content hash {held}, now {task_hash})"
+    return None
+
+
+def _check_out_dir(path: Path, config_hash: str, task_hash: str | None, overwrite: bool) -> dict | None:
     """The parsed ``config.json`` of ``path`` (None when it has none), after checking that this
     config may write there; RunDirError (one line) otherwise. Reads only."""
     if path.exists() and not path.is_dir():
@@ -540,11 +554,15 @@ def _check_out_dir(path: Path, config_hash: str, overwrite: bool) -> dict | None
     if not is_marked(existing):
         raise RunDirError(f"{path} holds a config.json that tje did not write (no '{MARKER}' marker): it is not a "
                           f"run directory and tje will not write or delete anything there; choose another out_dir")
-    if overwrite or existing.get("config_hash") == config_hash or not _has_results(path):
+    other = _other_run(existing, config_hash, task_hash)
+    if overwrite or other is None or not _has_results(path):
         return existing
-    raise RunDirError(
-        f"{path} holds a run with config hash {existing.get('config_hash')}, but this config hashes "
-        f"to {config_hash}; use another out_dir, or --overwrite to start over")
+    if existing.get("config_hash") != config_hash:
+        raise RunDirError(
+            f"{path} holds a run with config hash {existing.get('config_hash')}, but this config hashes "
+            f"to {config_hash}; use another out_dir, or --overwrite to start over")
+    raise RunDirError(f"{path} holds a run over other problems: {other}; restore the task, use another out_dir, "
+                      f"or --overwrite to start over")
 
 
 def remove_run_files(path: Path) -> list[Path]:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from .columns import signal_columns
 from .config import RunConfig, config_hash, to_dict
-from .errors import ConfigError, ModelLoadError, PromptTooLongError, RunDirError
+from .errors import ConfigError, ModelLoadError, PromptTooLongError
 from .models.families import make_family
 from .models.loading import LoadedModel, load_backend
 from .records import (
+    TASK_HASH_KEY,
     RunDir,
     environment_info,
     load_config,
@@ -37,11 +38,6 @@ from .refinement import RefineResult, refine
 from .tasks import Problem, Task, load_task
 
 log = logging.getLogger(__name__)
-
-#: The key of ``config.json``'s ``config`` under which a run keeps the content hash of its task's
-#: problems (:func:`task_problems_hash`); a resume over a task whose problems changed is refused.
-TASK_HASH_KEY = "task_problems_hash"
-
 
 @dataclass
 class RunSummary:
@@ -91,19 +87,6 @@ def task_problems_hash(task: Task) -> str:
     rows = [[p.id, p.question, p.gold, p.answer_type, list(p.choices) if p.choices is not None else None]
             for p in task.problems]
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def _check_task_unchanged(out_dir: str | Path, task_hash: str, overwrite: bool) -> None:
-    """Refuse to resume a run directory whose task's problems were different."""
-    out = Path(out_dir)
-    records = out / "records.jsonl"
-    if overwrite or not (out / "config.json").exists() or not records.exists() or records.stat().st_size == 0:
-        return  # nothing recorded yet: the directory may take the new task (records.py re-initialises it)
-    held = load_config(out).get("config", {}).get(TASK_HASH_KEY)
-    if held is not None and held != task_hash:
-        raise RunDirError(f"{out} holds a run over other problems: the task's problems changed since it "
-                          f"started (content hash {held}, now {task_hash}); restore the task, use another "
-                          f"out_dir, or --overwrite to start over")
 
 
 def _check_signals(cfg: RunConfig, lm: LoadedModel) -> None:
@@ -174,7 +157,6 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
     records_name = "records.jsonl" if shard is None else f"shards/records-{shard[0]}.jsonl"
     task_hash = task_problems_hash(task)
     opening_over = overwrite and (shard is None or shard[0] == 0)
-    _check_task_unchanged(cfg.out_dir, task_hash, opening_over)
     run_dir = RunDir.open(cfg.out_dir, {**to_dict(cfg), TASK_HASH_KEY: task_hash}, chash, overwrite=opening_over,
                           records_name=records_name)
     owned = None  # the model this call loads, and so releases
@@ -289,9 +271,10 @@ def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> N
         bar.close()
 
 
-def merge_shards(out_dir: str | Path) -> Path:
+def merge_shards(out_dir: str | Path) -> int:
     """Join ``shards/records-*.jsonl`` (and their traces) into ``records.jsonl``, ordered by
-    problem index, skipping problems the main records already hold. Safe to run again."""
+    problem index, skipping problems the main records already hold; the number of records joined.
+    Safe to run again."""
     out = Path(out_dir)
     cfg = load_config(out)
     main = RunDir.open(out, cfg["config"], cfg["config_hash"])
@@ -310,4 +293,4 @@ def merge_shards(out_dir: str | Path) -> Path:
             steps.append(step)
         main.append({**rec, "steps": steps})
         have.add(rec["problem_id"])
-    return out
+    return len(gathered)
