@@ -18,6 +18,7 @@ from tje_hf.config import load_run_config
 from tje_hf.errors import ConfigError, ModelLoadError
 from tje_hf.generation.hf import HfBackend, context_room
 from tje_hf.generation.kvcache import CachedPrefix, cuttable, new_cache, plan_reuse
+from tje_hf.generation.outputs import length_stop
 from tje_hf.generation.tracker import EntropyTracker, ProgressReport
 from tje_hf.models.families import make_family
 from tje_hf.models.loading import LoadedModel
@@ -41,6 +42,30 @@ def tiny(smollm2):
 
 # --------------------------------------------------------------------------------------------
 # 1. A conversation that outgrows the context
+
+
+def test_a_row_cut_by_the_context_is_named_so_alone_and_in_a_batch(tiny, monkeypatch):
+    """A row whose prompt leaves fewer tokens than max_new_tokens stops at that room as
+    ``context_full`` whether it is alone (the call's own limit is cut to its room) or beside a
+    shorter prompt (a per-row stop cuts it): its label does not depend on the batch."""
+    model, tok, _ = tiny
+    short, long = (tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+                   for m in (SHORT, LONG))
+    monkeypatch.setattr(model.config, "max_position_embeddings", len(long) + 5)
+    decode = DecodeConfig(max_new_tokens=8, min_new_tokens=5, temperature=0.0)  # no EOS within the room
+    alone = HfBackend(model, tok).generate([long], decode, seeds=[0]).results[0]
+    beside = HfBackend(model, tok).generate([short, long], decode, seeds=[1, 0]).results
+    assert (alone.n_generated, alone.stop_reason) == (5, "context_full")
+    assert (beside[1].n_generated, beside[1].stop_reason) == (5, "context_full")
+    assert beside[1].token_ids == alone.token_ids
+    assert (beside[0].n_generated, beside[0].stop_reason) == (8, "max_new_tokens")
+    # the caller's budget wins a tie with the room; a budget above the room leaves context_full
+    assert HfBackend(model, tok).generate([long], decode, seeds=[0], token_budget=[5]).results[0].stop_reason \
+        == "token_budget"
+    assert length_stop("max_new_tokens", 5, 8, 6, 5) == "context_full"
+    assert length_stop("max_new_tokens", 5, 8, 5, 5) == "token_budget"
+    assert length_stop("max_new_tokens", 8, 8, None, 9) == "max_new_tokens"
+    assert length_stop("eos", 3, 8, None, 5) == "eos"
 
 
 def test_problem_outgrowing_the_context_stops_alone_and_keeps_its_steps(tiny):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tje_hf.config import DecodeConfig, ModelSpec, SignalConfig, WindowStopConfig
+from tje_hf.generation.hf import HfBackend
 from tje_hf.generation.signals import deepconf_confidence, token_logprob, topk_entropies
 from tje_hf.generation.tracker import signal_columns
 from tje_hf.generation.vllm import (
@@ -269,14 +270,17 @@ def test_per_row_seeds_do_not_depend_on_the_batch(backend, tiny_model):
 
 
 @pytest.mark.engine
-def test_token_budget_and_context_limit(backend, tiny_model):
+def test_token_budget_and_context_limit(backend, tiny_model, hf_model):
     prompts = tiny_model.free_prompts[:2]
     out = backend.generate(prompts, greedy(10, trace=False), seeds=[0, 1], token_budget=[3, 100])
     assert [r.n_generated for r in out.results] == [3, 10]
     assert [r.stop_reason for r in out.results] == ["token_budget", "max_new_tokens"]
     long_prompt = [5] * (backend.max_model_len - 4)
     r = backend.generate([long_prompt], greedy(10, trace=False), seeds=[0]).results[0]
-    assert r.n_generated == 4 and r.stop_reason == "max_new_tokens"
+    # the context, not max_new_tokens, stopped it: named as the HF backend names it
+    assert r.n_generated == 4 and r.stop_reason == "context_full"
+    hf = HfBackend(hf_model, backend.tokenizer).generate([long_prompt], greedy(10, trace=False), seeds=[0]).results[0]
+    assert (hf.n_generated, hf.stop_reason) == (r.n_generated, r.stop_reason)
 
 
 @pytest.mark.engine

@@ -39,6 +39,7 @@ from .outputs import (
     check_prompts_fit,
     end_of_turn_ids,
     left_pad,
+    length_stop,
     pad_token_id,
     row_seeds,
     sequence_result,
@@ -287,7 +288,8 @@ def generate_batch(
     tracker.finalize(out.sequences, L)
     sync_device(device)
     wall = time.perf_counter() - start
-    results = _collect(tracker, tokenizer, out.sequences, L, prompt_lengths)
+    rooms = [context - n for n in prompt_lengths] if context is not None else [None] * B
+    results = _collect(tracker, tokenizer, out.sequences, L, prompt_lengths, config.max_new_tokens, rooms)
     reused = attention_mask[:, :held].sum(-1).tolist()
     reuse = [ReuseStats("reused" if held else "none", int(r), int(n - r), int(r))
              for r, n in zip(reused, prompt_lengths, strict=True)]
@@ -336,9 +338,10 @@ def _criteria(config: DecodeConfig, tracker: EntropyTracker, token_budget: Seque
     return criteria
 
 
-def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int,
-             prompt_lengths: list[int]) -> list[SequenceResult]:
-    """Read the tracker's state to the host, once, and build the per-sequence results."""
+def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int, prompt_lengths: list[int],
+             max_new_tokens: int, rooms: list[int | None]) -> list[SequenceResult]:
+    """Read the tracker's state to the host, once, and build the per-sequence results (a row cut
+    at the room its prompt left is ``context_full`` even when the call's own limit stopped it)."""
     sums = tracker.sums.cpu().numpy()
     counts = tracker.counts.cpu().numpy()
     n_gen = tracker.n_generated.cpu().tolist()
@@ -352,7 +355,8 @@ def _collect(tracker: EntropyTracker, tokenizer, sequences: torch.Tensor, L: int
     for row in range(sequences.shape[0]):
         n = n_gen[row]
         rows = {name: (arr[row, :n].copy() if arr is not None else None) for name, arr in per_token.items()}
-        results.append(sequence_result(gen[row][:n], tokenizer=tokenizer, stop_reason=STOP_REASONS[codes[row]],
+        reason = length_stop(STOP_REASONS[codes[row]], n, max_new_tokens, None, rooms[row])
+        results.append(sequence_result(gen[row][:n], tokenizer=tokenizer, stop_reason=reason,
                                        sums=sums[row], counts=counts[row], columns=tracker.columns,
                                        prompt_tokens=prompt_lengths[row], n_invalid=invalid[row], **rows))
     return results

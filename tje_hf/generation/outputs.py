@@ -113,6 +113,22 @@ def check_prompts_fit(lengths: Sequence[int], context: int | None, owner: str = 
                                      f"{context} tokens")
 
 
+def length_stop(reason: str, n_generated: int, max_new_tokens: int, budget: int | None, room: int | None) -> str:
+    """The stop reason of a row, with a stop at a length limit named after the limit that bound
+    the row itself: ``token_budget`` for its budget below ``max_new_tokens`` (the budget wins a
+    tie), ``context_full`` for the ``room`` its prompt left in the context, else ``reason``. The
+    same on every backend and for every batch (an engine may cut the whole call to the shortest
+    room, and its own stop then reads ``max_new_tokens``)."""
+    if reason != "max_new_tokens":
+        return reason
+    budget = budget if budget is not None else max_new_tokens
+    room = room if room is not None else max_new_tokens
+    limit = min(budget, room)
+    if limit < max_new_tokens and n_generated >= limit:
+        return "token_budget" if budget <= room else "context_full"
+    return reason
+
+
 def pad_token_id(tokenizer, fallback: int | None = None) -> int:
     """The id that pads a batch: the tokenizer's pad token, else its EOS; else ``fallback``
     (also when there is no tokenizer); else ``ValueError``."""

@@ -53,6 +53,7 @@ from .outputs import (
     check_prompts_fit,
     end_of_turn_ids,
     left_pad,
+    length_stop,
     means_from_sums,
     pad_token_id,
     row_seeds,
@@ -408,7 +409,7 @@ class VllmBackend:
         labels = np.asarray(segment_labels(segment_rules, ids), dtype=np.int8)
         sums, counts, n_invalid = segment_sums(values, labels)
         trace = decode.signals.trace
-        return sequence_result(ids, tokenizer=tokenizer, stop_reason=_stop_reason(completion, row, budget, decode),
+        return sequence_result(ids, tokenizer=tokenizer, stop_reason=_stop_reason(completion, row, budget, self.max_model_len - len(prompt), decode),
                                sums=sums, counts=counts, columns=columns, prompt_tokens=len(prompt),
                                n_invalid=n_invalid, trace=values if trace else None,
                                segments=labels if trace else None, alt_ids=alt_ids if n_alt else None,
@@ -451,17 +452,14 @@ def _token_prompts(prompt_token_ids: Sequence[Sequence[int]]) -> list[list[int]]
     return prompts
 
 
-def _stop_reason(completion, row: int, budget: int, decode: DecodeConfig) -> str:
-    """The tje_hf stop reason of one completion (``token_budget`` when the row's own budget,
-    below ``max_new_tokens``, is what stopped it)."""
+def _stop_reason(completion, row: int, budget: int, room: int, decode: DecodeConfig) -> str:
+    """The tje_hf stop reason of one completion (:func:`~tje_hf.generation.outputs.length_stop`
+    names a stop at the row's budget or at the ``room`` its prompt left in the context)."""
     reason = completion.finish_reason
     if reason not in _FINISH_REASONS:
         raise RuntimeError(f"vLLM finished prompt {row} with finish_reason={reason!r} "
                            f"(stop_reason={completion.stop_reason!r})")
-    stop = _FINISH_REASONS[reason]
-    if stop == "max_new_tokens" and budget < decode.max_new_tokens and len(completion.token_ids) >= budget:
-        stop = "token_budget"
-    return stop
+    return length_stop(_FINISH_REASONS[reason], len(completion.token_ids), decode.max_new_tokens, budget, room)
 
 
 # --------------------------------------------------------------------------------------------
