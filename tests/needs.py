@@ -1,5 +1,6 @@
-"""Optional test requirements: a missing tool skips the test on a developer's machine, and fails
-it in CI (``CI`` set), where `make test` installs everything and a silent skip would hide a gap."""
+"""Optional test requirements: a missing tool skips the test under a plain ``pytest``, and fails it
+when ``CI`` is set, as ``make test`` (what CI runs) sets it: that target installs everything, so a
+silent skip there would hide a gap."""
 
 from __future__ import annotations
 

@@ -560,6 +560,9 @@ def test_gate_run_against_the_all_steps_run_by_hand():
 def test_paired_bootstrap_is_seeded_and_checks_its_input():
     a, b = np.array([1, 1, 0, 1, 0, 1]), np.array([1, 0, 0, 1, 1, 0])
     assert paired_bootstrap(a, b, 500, seed=3) == paired_bootstrap(a, b, 500, seed=3)
+    rng = np.random.default_rng(0)  # enough problems that the seed shows in the bounds
+    many_a, many_b = rng.integers(0, 2, 40), rng.integers(0, 2, 40)
+    assert paired_bootstrap(many_a, many_b, 500, seed=3) != paired_bootstrap(many_a, many_b, 500, seed=4)
     lo, hi = paired_bootstrap(a, b, 500, seed=3)
     assert lo <= (a - b).mean() <= hi
     with pytest.raises(ValueError, match="one non-zero length"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from needs import unavailable
 
 from tje_hf.cli import main
 from tje_hf.config import ConfigError, RunConfig, load_run_config, packaged_configs
@@ -32,7 +33,7 @@ def tracked_files() -> list[str]:
     try:
         out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
+        unavailable("not a git checkout")
     return out.stdout.splitlines()
 
 

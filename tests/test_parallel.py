@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from needs import unavailable
 from small_runs import small_config
 
 from tje_hf.cli import main
@@ -32,9 +33,9 @@ def _launch(config, n: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None,
-                    reason="accelerate's launcher is not installed")
 def test_two_processes_give_the_single_process_records(tmp_path, smollm2):
+    if shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None:
+        unavailable("accelerate's launcher is not installed")
     single = small_config(tmp_path, "single", task={"size": 6, "seed": 5}, batch_size=2)
     assert main(["run", "--config", str(single), "--no-progress"]) == 0
     reference = read_records(tmp_path / "single")

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
+from needs import unavailable
 
 from tje_hf import DecodeConfig, RefineConfig, SignalConfig
 from tje_hf.columns import signal_columns
@@ -54,11 +55,13 @@ from tje_hf.models.loading import load_model
 from tje_hf.models.memory import NF4_BYTES_PER_PARAM, count_parameters, estimate_memory
 from tje_hf.refinement import refine
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
-                       reason="bitsandbytes is not installed (pip install 'tje-hf[quant]')"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-]
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bitsandbytes():
+    if importlib.util.find_spec("bitsandbytes") is None:
+        unavailable("bitsandbytes is not installed (pip install 'tje-hf[quant]')")
 
 QUESTIONS = [
     [{"role": "user", "content": "What is 3 + 4?"}],

@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from needs import unavailable
 
 import tje_hf
 
@@ -80,7 +81,7 @@ def test_block_compiles_and_its_names_exist(block):
 def test_block_uses_no_undefined_name(block):
     """ruff's F821 on the block alone: the fast check for what the slow run would end in (a NameError)."""
     if importlib.util.find_spec("ruff") is None:
-        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+        unavailable("ruff is not installed (pip install -e '.[dev]')")
     line, code = block
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache", "--select", "F821",
                            "--output-format", "concise", "--stdin-filename", f"README.md:{line}.py", "-"],

@@ -7,6 +7,7 @@ per-token entropies, segments and alternatives, so every displayed number can be
 from __future__ import annotations
 
 import html
+import importlib.util
 import itertools
 import json
 import math
@@ -310,7 +311,9 @@ def driver(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     if missing:
         unavailable(f"browser test needs {' and '.join(missing)} (bash scripts/install_browser.sh)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    if importlib.util.find_spec("selenium") is None:
+        unavailable("selenium is not installed (pip install -e '.[dev]')")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

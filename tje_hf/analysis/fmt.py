@@ -9,7 +9,7 @@ import math
 from ..columns import SIGNAL_UNITS, signal_of
 from .evaluation import Separation, StepSummary
 from .style import is_reconstruction, method_title
-from .table import GateResult
+from .table import MIN_CLASS_N, GateResult
 
 WARN = "\u26a0"  # ⚠
 SMALL_N = f"{WARN} n too small"
@@ -73,7 +73,7 @@ def signal_axis_label(signal: str, prefix: str = "step-1 mean") -> str:
 
 
 def auroc_ci(sep: Separation) -> str:
-    """``"0.812 [0.700, 0.901]"``, followed by the n warning when a class has fewer than 5 examples."""
+    """``"0.812 [0.700, 0.901]"``, followed by the n warning when a class has fewer than ``MIN_CLASS_N`` (5) examples."""
     if not math.isfinite(sep.auroc):
         return "n/a"
     text = f"{sep.auroc:.3f} [{num(sep.auroc_low)}, {num(sep.auroc_high)}]"
@@ -82,7 +82,7 @@ def auroc_ci(sep: Separation) -> str:
 
 SEP_HEADER = ["n correct", "n incorrect", "mean correct", "mean incorrect", "Cohen's d", "Welch t",
               "Welch p", "Mann-Whitney p", "AUROC [95% CI]"]
-SMALL_N_NOTE = (f"{SMALL_N}: fewer than 5 examples in a class (correct or incorrect); every statistic of that "
+SMALL_N_NOTE = (f"{SMALL_N}: fewer than {MIN_CLASS_N} examples in a class (correct or incorrect); every statistic of that "
                 "row (d, t, p, AUROC and its CI) rests on too few examples to be trusted.")
 
 

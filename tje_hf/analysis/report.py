@@ -151,7 +151,7 @@ def _calibration_md(res: RunEvaluation) -> list[str]:
                      num(cal.sigma_i), cal.n_i, num(cal.cohens_d)]])]
     if min(cal.n_c, cal.n_i) < MIN_CLASS_N:
         parts += ["", (f"\u26a0 n too small: {cal.n_c} correct and {cal.n_i} incorrect examples; the thresholds "
-                  "rest on fewer than 5 examples in a class.")]
+                  f"rest on fewer than {MIN_CLASS_N} examples in a class.")]
     if cal.fallbacks:
         parts += ["", "Fallbacks used:", ""] + [f"- `{k}`: {v}" for k, v in cal.fallbacks.items()]
     return parts

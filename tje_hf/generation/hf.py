@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from ..config import DecodeConfig
+from ..models.memory import model_context
 from ..models.segments import GENERIC, SegmentRules
 from .kvcache import CachedPrefix, ReusePlan, new_cache, plan_reuse
 from .outputs import (
@@ -260,7 +261,7 @@ def generate_batch(
         raise ValueError(f"the cache holds {held} positions; it must hold fewer than the "
                          f"{L} input positions (generate would silently recompute on top of it)")
     prompt_lengths = attention_mask.sum(-1).tolist()
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = model_context(model.config)
     check_prompts_fit(prompt_lengths, context)
     max_new, room = context_room(prompt_lengths, config.max_new_tokens, context)
     seeds = row_seeds(seeds, config, B)
@@ -394,7 +395,7 @@ class HfBackend:
 
     @property
     def context_length(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
+        return model_context(self.model.config)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

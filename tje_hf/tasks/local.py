@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TaskConfig
-from .base import Problem, Task, TaskError, boxed_prompt, choice_prompt, require_columns
+from .base import FILE_BUILDERS, Problem, Task, TaskError, boxed_prompt, choice_prompt, require_columns
 from .grading import LETTERS, Grade, grade_choice, grade_integer, grade_text, integer_of
 
 FIELDS = ("id", "question", "answer", "choices")
-BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 CHOICE_INSTRUCTION = ("Answer with the letter of the correct option. The last line of your response should be of "
                       "the following format: 'Answer: $LETTER' (without quotes).")
 
@@ -119,10 +118,10 @@ def load_local(cfg: TaskConfig) -> Task:
     if not cfg.path:
         raise TaskError("task 'local' needs task.path: a .jsonl, .csv or .parquet file")
     path = Path(cfg.path).expanduser()
-    builder = BUILDERS.get(path.suffix.lower())
+    builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise TaskError(f"task.path = {cfg.path!r}: unsupported file type {path.suffix!r} "
-                        f"(supported: {', '.join(BUILDERS)})")
+                        f"(supported: {', '.join(FILE_BUILDERS)})")
     if not path.is_file():
         raise TaskError(f"task.path = {cfg.path!r}: no such file")
     from datasets import load_dataset
