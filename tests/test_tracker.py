@@ -113,6 +113,30 @@ def test_tracker_never_changes_logits():
     assert out is scores and torch.equal(scores, before)
 
 
+@pytest.mark.parametrize("n_alt", [5, 20, 21, 64])
+def test_alternatives_wider_than_every_top_k(smollm2, n_alt):
+    """``trace_alternatives`` up to the config's limit of 64, beyond every top-k the signals take:
+    each token keeps its ``n_alt`` most likely ids, in order, with their full-vocabulary
+    log-probabilities, and the signals are those of the default width."""
+    config = DecodeConfig(max_new_tokens=6, temperature=0.0,
+                          signals=SignalConfig(ks=KS, trace=True, trace_alternatives=n_alt))
+    out = generate_with_entropy(smollm2.model, smollm2.tokenizer, PROMPTS[:2], config)
+    narrow = generate_with_entropy(smollm2.model, smollm2.tokenizer, PROMPTS[:2], DecodeConfig(
+        max_new_tokens=6, temperature=0.0, signals=SignalConfig(ks=KS, trace=True)))
+    tok = smollm2.tokenizer
+    for res, ref, prompt in zip(out.results, narrow.results, PROMPTS[:2], strict=True):
+        assert res.alt_ids.shape == res.alt_logprobs.shape == (res.n_generated, n_alt)
+        assert res.token_ids == ref.token_ids and (res.trace == ref.trace).all()
+        pids = list(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)["input_ids"])
+        with torch.no_grad():
+            logits = smollm2.model(input_ids=torch.tensor([pids + res.token_ids])).logits[0]
+        at = torch.log_softmax(logits[len(pids) - 1: len(pids) - 1 + res.n_generated].double(), -1)
+        top = torch.topk(at, n_alt, -1)
+        assert (torch.from_numpy(res.alt_ids).long() == top.indices).float().mean() > 0.99  # near-ties may swap
+        got = torch.from_numpy(res.alt_logprobs).double()
+        assert torch.allclose(got, top.values, atol=2e-2, rtol=1e-3)  # stored as float16
+
+
 def test_finished_rows_stop_contributing(smollm2):
     """Rows that hit EOS early are padded; their pad positions are not counted."""
     config = DecodeConfig(max_new_tokens=48, temperature=0.0, signals=SignalConfig(ks=KS, trace=True))

@@ -175,13 +175,14 @@ _MASKED = -1.0e4  # a logit this far below the maximum has probability < e^-1000
 
 
 def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = DEEPCONF_K,
-                full_vocab: bool = True) -> dict[str, torch.Tensor]:
+                full_vocab: bool = True, width: int = 0) -> dict[str, torch.Tensor]:
     """Every signal except the generated token's log-probability, in few passes, unchecked.
 
     Returns ``topk_entropy`` ``(..., len(ks))`` bits, ``full_entropy``, ``deepconf_confidence`` and
     ``self_certainty`` ``(...)``, and ``lse`` ``(...)`` (the full-vocabulary log-normaliser, nats),
-    plus ``top_values``/``top_ids`` ``(..., kmax)`` for callers that keep alternatives. Rows with a
-    NaN or no finite logit hold NaN.
+    plus ``top_values``/``top_ids`` ``(..., kmax)`` for callers that keep alternatives, where
+    ``kmax = min(max(max(ks), deepconf_k, width), V)`` (``width``: the alternatives a caller keeps).
+    Rows with a NaN or no finite logit hold NaN.
 
     This is the decoding-loop path (``tje_hf.generation.tracker`` calls it at every step), written for few
     kernels: the maximum comes from the top-k call, logits are shifted by it and clamped at
@@ -195,7 +196,7 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = DEE
     """
     x = _upcast(logits)
     V = x.shape[-1]
-    kmax = min(max(max(ks), deepconf_k), V)
+    kmax = min(max(max(ks), deepconf_k, width), V)
     top = torch.topk(x, kmax, dim=-1, sorted=True)
     m = top.values[..., :1]  # (..., 1) the row maximum
     if not full_vocab:

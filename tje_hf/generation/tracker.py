@@ -117,7 +117,7 @@ class EntropyTracker(LogitsProcessor):
             self._mark_first_step()
         else:
             self._commit(input_ids[:, -1], step - 1)
-        sig = all_signals(scores, self.ks, self.deepconf_k, self.full_vocab)
+        sig = all_signals(scores, self.ks, self.deepconf_k, self.full_vocab, width=self.n_alt)
         self._pending = torch.cat(
             [sig["topk_entropy"], sig["full_entropy"][:, None], sig["deepconf_confidence"][:, None],
              sig["self_certainty"][:, None]], dim=-1)
