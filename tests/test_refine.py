@@ -147,3 +147,20 @@ def test_cached_prefix_checks_its_layout(smollm2):
     cache = new_cache(smollm2.model)
     with pytest.raises(ValueError, match="holds 0 positions"):
         CachedPrefix(cache, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
+
+
+def test_reuse_with_a_checkpoint_that_names_its_cache(smollm2):
+    """A checkpoint whose generation config sets ``cache_implementation`` (Gemma-style "static")
+    still reuses its cache: Transformers refuses a cache together with a cache implementation, so
+    the backend drops the checkpoint's choice when it hands over its own cache."""
+    model, tok = smollm2.model, smollm2.tokenizer
+    family = make_family("generic")
+    model.generation_config.cache_implementation = "static"
+    try:
+        with_reuse = _run(model, tok, family, "continuation", True, steps=2, questions=QUESTIONS[:2])
+    finally:
+        model.generation_config.cache_implementation = None
+    without = _run(model, tok, family, "continuation", False, steps=2, questions=QUESTIONS[:2])
+    for a, b in zip(with_reuse, without, strict=True):
+        assert a.steps[1].reuse.mode == "reused" and a.steps[1].reuse.reused > 0
+        assert [s.generation.token_ids for s in a.steps] == [s.generation.token_ids for s in b.steps]

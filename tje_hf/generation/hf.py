@@ -280,6 +280,9 @@ def generate_batch(
     kwargs = {cache_kwarg(model): cache} if cache is not None else {}
     if cache is not None:
         gen_config.use_cache = True  # a checkpoint may ship use_cache: false; reuse needs the cache filled
+        # A checkpoint may name a cache class (Gemma's "static"), which generate refuses beside a cache.
+        # A None in the config would be filled from the model's again: only a keyword overrides it.
+        kwargs["cache_implementation"] = None
     sync_device(device)
     start = time.perf_counter()
     tracker.start_clock()
