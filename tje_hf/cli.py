@@ -34,8 +34,8 @@ DEMO_CONFIG = "demo"  # a packaged run config (tje_hf/configs/runs/demo.yaml)
 EPILOG = """Configs: `--config` takes a YAML file or the name of a packaged run config (`tje configs`
 lists them), e.g. gpt-oss-20b_aime24. Overrides: any config field as key.path=value (YAML values):
   tje run --config gpt-oss-20b_aime24 decode.max_new_tokens=2048 batch_size=4
-Data parallel: one process per GPU, each on a disjoint shard of problems, merged when all are done
-(resume works per shard):
+Data parallel: one process per GPU, each on a disjoint shard of problems; rank 0 merges them when
+every shard is done (no collective: shards may end hours apart; resume works per shard):
   accelerate launch --multi_gpu --num_processes N -m tje_hf.cli run --config ..."""
 
 
@@ -61,24 +61,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     # a bad config fails before torch loads
     cfg = load_run_config(args.config, limit + args.set + args.overrides)
     _quiet_progress(args)
-    from .runner import merge_shards, run, summarize
+    from .runner import run, run_data_parallel
 
     dist = _distributed()
-    device = None
-    shard = None
-    if dist is not None:
-        import torch
-
+    if dist is None:
+        summary = run(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    else:
         rank, world, local = dist
-        shard = (rank, world)
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    summary = run(cfg, overwrite=args.overwrite, progress=not args.no_progress, shard=shard, device=device)
-    if dist is not None:
-        _barrier()
-        if dist[0] != 0:
+        summary = run_data_parallel(cfg, rank, world, local, overwrite=args.overwrite, progress=not args.no_progress)
+        if summary is None:  # not rank 0: its shard is on disk, rank 0 merges
             return 0
-        # every shard's new records are new in records.jsonl; the wall time is rank 0's (all ran together)
-        summary = summarize(cfg.out_dir, wall=summary.wall_time_s, n_new=merge_shards(cfg.out_dir))
     print(summary.table())
     print(f"\nrecords: {Path(cfg.out_dir) / 'records.jsonl'} ({summary.n_problems} problems, "
           f"{summary.n_new} new, {summary.wall_time_s:.0f} s)")
@@ -94,13 +86,6 @@ def _next_commands(run_dir: str | Path) -> str:
     return (f"next:    tje report {quoted}      # calibration tables and plots\n"
             f"         tje view {quoted}        # token-level trace viewer\n"
             f"         tje export {quoted} --csv {shlex.quote(str(Path(run_dir) / 'records.csv'))}")
-
-
-def _barrier() -> None:
-    """Wait until every process of a distributed launch is done with its shard."""
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

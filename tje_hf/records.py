@@ -13,11 +13,21 @@ Layout (documented for users in ``docs/FORMAT.md``)::
 
 Crash safety: a record line is written with a single ``write`` of the whole line and flushed and
 fsynced before the next problem starts; trace bytes are fsynced before the line that points at
-them. A torn last line (a crash mid-write) is detected on read (no trailing newline, or invalid
-JSON) and dropped; :meth:`RunDir.open` truncates it so that appends continue on a clean line.
-Trace bytes with no record pointing at them are cut on resume; a ``traces.bin`` shorter than
-its records need is an error (never appended to). One writer at a time: :meth:`RunDir.open`
-takes an exclusive ``flock`` on a lock file (the kernel drops it when the process dies).
+them. A torn last line (a crash, a kill or a full disk mid-write) is detected on read (no
+trailing newline, or invalid JSON) and dropped; every append-only JSON-lines file (records, their
+shards, ``regrades.jsonl``) has it cut before the next append (:meth:`RunDir.open`,
+:func:`append_regrades`), so that appends continue on a clean line. Trace bytes with no record
+pointing at them are cut on resume; a ``traces.bin`` shorter than its records need is an error
+(never appended to). One writer at a time: :meth:`RunDir.open` takes an exclusive ``flock`` on a
+lock file (the kernel drops it when the process dies). A write that fails (a full disk, a
+read-only mount) raises ``OSError`` naming the file (:func:`writing`).
+
+One record per problem, of one config: :func:`read_records` drops a line that repeats another
+byte for byte in content (a file concatenated twice) with a warning, and refuses two different
+records of one problem, and records whose ``config_hash`` differs from each other's or from
+``config.json``'s (naming the lines); :meth:`RunDir.open` refuses to append to records of another
+config even when ``config.json`` is gone.
+
 Non-finite floats are written as ``null`` (standard JSON); :func:`read_records` returns NaN for a
 null signal value.
 
@@ -27,6 +37,7 @@ by :func:`problem_record` and :func:`step_record`, next to the trace layout (:fu
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -37,7 +48,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +88,7 @@ TABLE_CSV = "records.csv"
 DERIVED_FILES = (VIEWER, TABLE_CSV, "records.parquet",
                  *(f"{REPORT_DIR}/{name}" for name in ("report.md", "summary.json", "hist.png", "sweep.png",
                                                        "few_shot.png", "topk.png", "persistence.png", "budget.png")))
-SHARD_FILES = re.compile(r"records-\d+\.jsonl(\.traces\.bin)?")
+SHARD_FILES = re.compile(r"records-\d+\.(jsonl(\.traces\.bin)?|failed\.json)")
 
 log = logging.getLogger(__name__)
 # The writer's locks this process holds: lock file path -> [open file, RunDir objects using it].
@@ -176,10 +187,13 @@ def problem_record(result: RefineResult, steps: Sequence[dict], *, problem: Prob
 
 
 def read_records(path: str | Path, *, regrades: bool = True) -> list[dict]:
-    """Every complete record of a records file (or of ``RUN_DIR/records.jsonl``).
+    """Every complete record of a records file (or of ``RUN_DIR/records.jsonl``), one per problem.
 
     A last line without its newline, or one that is not valid JSON, is a torn write: dropped.
     An invalid line anywhere else is corruption and raises ``RunDirError`` (file and line named).
+    A line that repeats an earlier record of its problem exactly is dropped with a warning; two
+    different records of one problem, or records of two config hashes (or of another hash than
+    the run's ``config.json``), raise ``RunDirError`` naming both lines (or the line and the hash).
     A null signal value (a non-finite mean, or one the backend does not compute) is returned as
     NaN. With ``regrades`` (the default), the newest grade of ``regrades.jsonl`` next to the
     records replaces each step's grade, the original kept under ``steps[k]["original_grade"]``.
@@ -189,16 +203,65 @@ def read_records(path: str | Path, *, regrades: bool = True) -> list[dict]:
         path = path / RECORDS
     if not path.exists():
         return []
-    records, _ = _scan(path)
-    for line, rec in enumerate(records, 1):
+    numbered = _scan(path)[0]
+    for line, rec in numbered:
         if rec.get("schema", 1) not in READABLE_SCHEMAS:
             raise RunDirError(f"{path}: record {line} has schema {rec.get('schema')!r}; this tje reads schemas "
                               f"{', '.join(map(str, READABLE_SCHEMAS))}: upgrade tje_hf")
+    _check_hashes(path, numbered, _run_hash(path))
+    records = _one_per_problem(path, numbered)
+    for rec in records:
         for step in rec.get("steps") or ():
             _nan_signals(step)
     regrade_file = path.parent / REGRADES
     if regrades and path.name == RECORDS and regrade_file.exists():
-        apply_regrades(records, _scan(regrade_file, key="problem_id")[0])
+        apply_regrades(records, [rec for _, rec in _scan(regrade_file)[0]])
+    return records
+
+
+def _run_hash(records_path: Path) -> str | None:
+    """The config hash in the ``config.json`` of the run a records file (or shard) belongs to;
+    None when there is no such file (the records are then only checked against each other)."""
+    root = records_path.parent.parent if records_path.parent.name == SHARDS else records_path.parent
+    return load_config(root).get("config_hash") if (root / CONFIG).is_file() else None
+
+
+def _check_hashes(path: Path, numbered: list[tuple[int, dict]], expected: str | None,
+                  hint: str = "") -> None:
+    """RunDirError naming the first record (by ``line``) whose ``config_hash`` is not ``expected``
+    (with None: not the first record's). A record without the key (hand-made) is not checked."""
+    first = None
+    for line, rec in numbered:
+        held = rec.get("config_hash")
+        if held is None:
+            continue
+        if expected is not None and held != expected:
+            raise RunDirError(f"{path}: line {line} is a record of config hash {held}, but "
+                              f"{hint or f'config.json holds config hash {expected}'}")
+        if first is None:
+            first = (line, held)
+        elif held != first[1]:
+            raise RunDirError(f"{path}: lines {first[0]} and {line} are records of two configs (config hash "
+                              f"{first[1]} and {held}): the file mixes two runs; keep the lines of one of them")
+
+
+def _one_per_problem(path: Path, numbered: list[tuple[int, dict]]) -> list[dict]:
+    """The records of ``numbered`` with one per problem: a repeat of an earlier record with the
+    same content is dropped with a warning; a different one is a RunDirError naming both lines."""
+    seen: dict[str, tuple[int, dict]] = {}
+    records = []
+    for line, rec in numbered:
+        pid = str(rec["problem_id"])
+        if pid not in seen:
+            seen[pid] = (line, rec)
+            records.append(rec)
+            continue
+        first, kept = seen[pid]
+        # compared in a canonical text form: a bare NaN of a schema-1 record equals itself there
+        if json.dumps(rec, sort_keys=True) != json.dumps(kept, sort_keys=True):
+            raise RunDirError(f"{path}: lines {first} and {line} are two different records of problem {pid!r}; "
+                              f"keep one of them (the file holds two runs of the problem)")
+        log.warning("%s: line %d repeats line %d (problem %r, the same record): read once", path, line, first, pid)
     return records
 
 
@@ -231,9 +294,10 @@ def apply_regrades(records: list[dict], regrades: list[dict]) -> None:
         rec["regrade"] = {k: line.get(k) for k in ("grader", "regraded_at")}
 
 
-def _scan(path: Path, key: str | None = "problem_id") -> tuple[list[dict], int]:
-    """Records and the byte length of the clean prefix of the file. Every full line must be a
-    JSON object holding ``key``; a torn last line is not part of the clean prefix."""
+def _scan(path: Path, key: str = "problem_id") -> tuple[list[tuple[int, dict]], int]:
+    """The one reader of an append-only JSON-lines file: its ``(line number, object)`` pairs and
+    the byte length of its clean prefix. Every full line must be a JSON object holding ``key``; a
+    torn last line is not part of the clean prefix (see :func:`_cut_torn_tail`)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -254,11 +318,21 @@ def _scan(path: Path, key: str | None = "problem_id") -> tuple[list[dict], int]:
         if not isinstance(rec, dict):
             raise RunDirError(f"{path}: line {i + 1} is {type(rec).__name__ if rec is not None else 'null'}, "
                               f"not a record (a JSON object): the file is corrupt")
-        if key is not None and key not in rec:
+        if key not in rec:
             raise RunDirError(f"{path}: line {i + 1} is a record without {key!r}: the file is corrupt")
-        records.append(rec)
+        records.append((i + 1, rec))
         clean += len(line) + 1
     return records, clean
+
+
+def _cut_torn_tail(path: Path, clean: int) -> None:
+    """Cut ``path`` back to its ``clean`` prefix (from :func:`_scan`) when a torn last line follows
+    it, so that the next append starts on a line of its own instead of completing the torn one."""
+    size = path.stat().st_size
+    if size > clean:
+        log.warning("%s: cutting a torn last line (%d bytes; a write cut short by a crash or a full disk)",
+                    path, size - clean)
+        _truncate(path, clean)
 
 
 def _finite(obj: Any) -> Any:
@@ -372,6 +446,13 @@ class RunDir:
              records_name: str = RECORDS) -> RunDir:
         path = Path(path)
         existing = _check_out_dir(path, config_hash, config.get(TASK_HASH_KEY), overwrite)  # refuses before any write
+        if (path / records_name).is_file() and not (overwrite and existing is not None):
+            # config.json may be gone (or replaced): the records say which config they belong to.
+            # Without it --overwrite removes nothing (the directory is not marked as a run's).
+            todo = ("use another out_dir, or --overwrite to start over" if existing is not None else
+                    f"{CONFIG} is missing: restore it, or use another out_dir")
+            _check_hashes(path / records_name, _scan(path / records_name)[0], config_hash,
+                          f"this config hashes to {config_hash}; {todo}")
         try:
             (path / records_name).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -435,20 +516,20 @@ class RunDir:
         """Check the traces against the records, then cut a torn last line (so that the next
         append starts on a clean line) and trace bytes no record points at. Nothing is changed
         when the traces are shorter than the records need (RunDirError naming the damage)."""
-        records, clean = _scan(self.records_path) if self.records_path.exists() else ([], 0)
-        needed = self._check_traces(records)
-        if self.records_path.exists() and clean != self.records_path.stat().st_size:
-            _truncate(self.records_path, clean)
+        numbered, clean = _scan(self.records_path) if self.records_path.exists() else ([], 0)
+        needed = self._check_traces(numbered)
+        if self.records_path.exists():
+            _cut_torn_tail(self.records_path, clean)
         if self.traces_path.exists() and self.traces_path.stat().st_size > needed:
             log.warning("%s: cutting %d bytes past the last recorded trace (a crash before its record was written)",
                         self.traces_path, self.traces_path.stat().st_size - needed)
             _truncate(self.traces_path, needed)
 
-    def _check_traces(self, records: list[dict]) -> int:
+    def _check_traces(self, numbered: list[tuple[int, dict]]) -> int:
         """The byte length of ``traces.bin`` the records need; RunDirError when it is shorter."""
         size = self.traces_path.stat().st_size if self.traces_path.exists() else 0
         needed = 0
-        for line, rec in enumerate(records, 1):
+        for line, rec in numbered:
             for step in rec.get("steps") or ():
                 if not step.get("trace"):
                     continue
@@ -478,7 +559,7 @@ class RunDir:
     def append_trace(self, trace: np.ndarray, columns: tuple[str, ...]) -> TraceRef:
         """Append one step's trace (from :func:`pack_trace`); durable when this returns."""
         n_alt = trace.dtype["alt_ids"].shape[0] if "alt_ids" in trace.dtype.names else 0
-        with open(self.traces_path, "ab") as f:
+        with writing(self.traces_path), open(self.traces_path, "ab") as f:
             offset = f.tell()
             f.write(trace.tobytes())
             f.flush()
@@ -493,14 +574,43 @@ class RunDir:
 def append_line(path: Path, record: dict) -> None:
     """Append ``record`` to a JSON-lines file as one write of one line, flushed and fsynced."""
     line = (dumps(record, separators=(",", ":")) + "\n").encode()
-    with open(path, "ab") as f:
+    with writing(path), open(path, "ab") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
+def append_regrades(run_dir: str | Path, lines: Sequence[dict]) -> Path:
+    """Append ``lines`` (one per problem, docs/FORMAT.md) to the run's ``regrades.jsonl`` under
+    the writer's lock, after cutting a torn last line a failed regrade left; the file's path."""
+    run_dir = Path(run_dir)
+    path = run_dir / REGRADES
+    writer = RunDir(run_dir)
+    writer.lock()  # one writer at a time, as for records
+    try:
+        if path.exists():
+            _cut_torn_tail(path, _scan(path)[1])
+        for line in lines:
+            append_line(path, line)
+    finally:
+        writer.close()
+    return path
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Within the block, an ``OSError`` without a file name (a ``write`` or ``fsync`` on a full disk,
+    ENOSPC) is raised again naming ``path``, so that the one-line error says which file failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
 def _truncate(path: Path, size: int) -> None:
-    with open(path, "r+b") as f:
+    with writing(path), open(path, "r+b") as f:
         f.truncate(size)
         f.flush()
         os.fsync(f.fileno())
@@ -587,6 +697,44 @@ def remove_run_files(path: Path) -> list[Path]:
     return removed
 
 
+# --------------------------------------------------------------------------------------------
+# Data-parallel shards
+
+
+def shard_records_name(rank: int) -> str:
+    """The records file of rank ``rank``'s shard, relative to the run directory."""
+    return f"{SHARDS}/records-{rank}.jsonl"
+
+
+def _failure_path(run_dir: str | Path, rank: int) -> Path:
+    return Path(run_dir) / SHARDS / f"records-{rank}.failed.json"
+
+
+def mark_shard_failed(run_dir: str | Path, rank: int, launch: str, error: str) -> None:
+    """Say on disk that rank ``rank`` of the launch ``launch`` stopped with ``error``, so that
+    rank 0, waiting for every shard, stops too instead of waiting for records that never come."""
+    path = _failure_path(run_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, dumps({"rank": rank, "launch": launch, "error": error,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+
+
+def clear_shard_failure(run_dir: str | Path, rank: int) -> None:
+    """Forget an earlier launch's failure of rank ``rank`` (each rank does, as it starts)."""
+    _failure_path(run_dir, rank).unlink(missing_ok=True)
+
+
+def shard_failure(run_dir: str | Path, rank: int, launch: str) -> str | None:
+    """The error with which rank ``rank`` of the launch ``launch`` stopped, or None (another
+    launch's failure does not count)."""
+    path = _failure_path(run_dir, rank)
+    try:
+        mark = json.loads(path.read_text())
+    except (OSError, ValueError):  # none, or being replaced right now: read again at the next poll
+        return None
+    return str(mark.get("error")) if isinstance(mark, dict) and mark.get("launch") == launch else None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -600,11 +748,14 @@ def _atomic_write(path: Path, text: str) -> None:
     and the directory fsynced (so that the rename survives a power cut). The temporary name is
     per process: the ranks of a data-parallel run write the same config.json at the same time."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with writing(path), open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a write that failed (a full disk, Ctrl-C) leaves no temporary behind
     _fsync_dir(path.parent)
 
 

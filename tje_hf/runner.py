@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,16 +22,20 @@ from pathlib import Path
 
 from .columns import signal_columns
 from .config import RunConfig, config_hash, to_dict
-from .errors import ConfigError, ModelLoadError, PromptTooLongError
+from .errors import ConfigError, ModelLoadError, PromptTooLongError, RunDirError
 from .models.families import make_family
-from .models.loading import LoadedModel, load_backend
+from .models.loading import LoadedModel, load_backend, rank_device
 from .records import (
     TASK_HASH_KEY,
     RunDir,
+    clear_shard_failure,
     environment_info,
     load_config,
+    mark_shard_failed,
     problem_record,
     read_records,
+    shard_failure,
+    shard_records_name,
     step_record,
     step_trace,
 )
@@ -154,7 +159,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True, lm: L
     start = time.perf_counter()
     task = task or load_task(cfg.task)
     chash = config_hash(cfg)
-    records_name = "records.jsonl" if shard is None else f"shards/records-{shard[0]}.jsonl"
+    records_name = "records.jsonl" if shard is None else shard_records_name(shard[0])
     task_hash = task_problems_hash(task)
     opening_over = overwrite and (shard is None or shard[0] == 0)
     run_dir = RunDir.open(cfg.out_dir, {**to_dict(cfg), TASK_HASH_KEY: task_hash}, chash, overwrite=opening_over,
@@ -294,3 +299,86 @@ def merge_shards(out_dir: str | Path) -> int:
         main.append({**rec, "steps": steps})
         have.add(rec["problem_id"])
     return len(gathered)
+
+
+# --------------------------------------------------------------------------------------------
+# Data parallel: one process per GPU, each on its own shard
+
+
+def launch_id() -> str:
+    """What the processes of one launch share and a later launch does not: the launcher's PID on
+    this host (``accelerate launch`` and ``torchrun`` start every rank of a machine as its
+    children) and the rendezvous port."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getppid()}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def run_data_parallel(cfg: RunConfig, rank: int, world: int, local_rank: int, *, overwrite: bool = False,
+                      progress: bool = True, poll_s: float = 5.0) -> RunSummary | None:
+    """Run rank ``rank``'s shard of ``cfg`` (every ``world``-th problem) on the GPU ``local_rank``
+    of this machine; on rank 0, then wait for every other shard and merge them into
+    ``records.jsonl``. Returns the merged run's summary on rank 0, None on the others.
+
+    The rank's GPU becomes the current CUDA device before anything touches CUDA, so that what
+    Transformers places on "the current device" (gpt-oss's MXFP4 expert blocks, FP8 kernel
+    launches, CUDA events) lands on this rank's GPU. ``model.device_map`` (one model spread over
+    every GPU) is refused: each rank would spread a whole copy over every GPU.
+
+    No collective operation at the end: shards can end hours apart when steps are long, and a
+    barrier's timeout would kill the ranks still running. Rank 0 polls the shards' records files
+    instead (every ``poll_s`` seconds) until each holds all its problems. A rank that fails says
+    so on disk (``shards/records-R.failed.json``) and rank 0 stops with its error; the launcher
+    also stops every rank when one dies.
+    """
+    if cfg.model.device_map and world > 1:
+        raise ConfigError(f"model.device_map = {cfg.model.device_map!r} with {world} processes: each process would "
+                          "spread a whole copy of the model over every GPU; run one process with device_map "
+                          "(no accelerate launch), or data parallel without it (one GPU per process)")
+    device = rank_device(local_rank)
+    launch = launch_id()
+    task = load_task(cfg.task)
+    clear_shard_failure(cfg.out_dir, rank)
+    try:
+        summary = run(cfg, overwrite=overwrite, progress=progress, shard=(rank, world), task=task, device=device)
+    except BaseException as exc:  # Ctrl-C included: rank 0 must not wait for this shard
+        mark_shard_failed(cfg.out_dir, rank, launch, " ".join(str(exc).split()) or type(exc).__name__)
+        raise
+    if rank != 0:
+        return None
+    wait_for_shards(cfg.out_dir, task, world, launch=launch, poll_s=poll_s)
+    # every shard's new records are new in records.jsonl; the wall time is rank 0's (all ran together)
+    return summarize(cfg.out_dir, wall=summary.wall_time_s, n_new=merge_shards(cfg.out_dir))
+
+
+def wait_for_shards(out_dir: str | Path, task: Task, world: int, *, launch: str, poll_s: float = 5.0,
+                    report_every_s: float = 600.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once the shard of every rank ``1..world-1`` holds a record of each of its problems
+    (those at indices ``i`` with ``i % world == rank``); :class:`RunDirError` naming the rank and
+    its error as soon as one marks its shard failed in ``launch``. Reads a shard again only when
+    its file has grown; says every ``report_every_s`` seconds which ranks it still waits for."""
+    ids = [str(p.id) for p in task.problems]
+    pending = {r: set(ids[r::world]) for r in range(1, world)}
+    sizes: dict[int, int] = {}
+    last_report = -math.inf  # the first wait is reported at once
+    while True:
+        for r in list(pending):
+            error = shard_failure(out_dir, r, launch)
+            if error is not None:
+                raise RunDirError(f"rank {r} stopped: {error}; the other shards are kept, run the same command "
+                                  "again to resume")
+            path = Path(out_dir) / shard_records_name(r)
+            size = path.stat().st_size if path.exists() else 0
+            if size != sizes.get(r):
+                sizes[r] = size
+                pending[r] -= {str(rec["problem_id"]) for rec in read_records(path, regrades=False)}
+            if not pending[r]:
+                del pending[r]
+        if not pending:
+            return
+        if time.monotonic() - last_report >= report_every_s:
+            last_report = time.monotonic()
+            left = ", ".join(f"rank {r}: {len(p)}" for r, p in sorted(pending.items()))
+            log.warning("rank 0's shard is done; waiting for the other shards (problems left: %s)", left)
+        sleep(poll_s)

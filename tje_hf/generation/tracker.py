@@ -141,7 +141,9 @@ class EntropyTracker(LogitsProcessor):
         """Mark the start of ``generate``; the first observed step marks the end of the prefill."""
         if self.device.type == "cuda":
             self._t0 = torch.cuda.Event(enable_timing=True)
-            self._t0.record()
+            # on the model's device's stream: an event recorded with no stream goes to the
+            # current device's, which is another GPU when the model is not on the current device
+            self._t0.record(torch.cuda.current_stream(self.device))
         else:
             self._t0 = time.perf_counter()
         self._t1 = None
@@ -151,7 +153,7 @@ class EntropyTracker(LogitsProcessor):
             return
         if self.device.type == "cuda":  # an event, not a sync: read after decoding ends
             self._t1 = torch.cuda.Event(enable_timing=True)
-            self._t1.record()
+            self._t1.record(torch.cuda.current_stream(self.device))
         else:
             self._t1 = time.perf_counter()
 

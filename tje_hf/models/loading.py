@@ -193,6 +193,21 @@ def load_tokenizer(source: str, spec: ModelSpec, kwargs: dict[str, Any]):
     return tokenizer
 
 
+def default_device() -> str:
+    """Where a model without a device map goes: the current CUDA device, else the CPU."""
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
+def rank_device(local_rank: int) -> str:
+    """The device of a data-parallel process: GPU ``local_rank`` of this machine, made the
+    current CUDA device (what Transformers and its kernels use when they are not told a device),
+    or the CPU where there is no GPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    torch.cuda.set_device(local_rank)
+    return f"cuda:{local_rank}"
+
+
 def load_backend(spec: ModelSpec | None = None, backend: str = "hf", *, signals: SignalConfig | None = None,
                  **kwargs: Any) -> LoadedModel:
     """The model of ``spec`` on the engine ``backend`` names (``RunConfig.backend``):
@@ -216,7 +231,8 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
                context_tokens: int | None = None, check_memory: bool = True) -> LoadedModel:
     """Load the model and tokenizer that ``spec`` names.
 
-    ``device`` places a model loaded without ``device_map`` (default: CUDA if present, else CPU).
+    ``device`` is where a model without ``spec.device_map`` is loaded (default: the current CUDA
+    device if there is one, else the CPU); the load places every weight there directly.
     Before loading, the memory of the weights plus the KV cache of ``batch_size`` sequences of
     ``context_tokens`` tokens (default: the model's context, capped at 32768) is estimated from
     the config and logged (``tje_hf.models.memory``); when it cannot fit the free memory of the target,
@@ -239,23 +255,24 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
         model_kwargs["dtype"] = "auto"
     if spec.attn_implementation:
         model_kwargs["attn_implementation"] = spec.attn_implementation
-    if spec.device_map:
-        model_kwargs["device_map"] = spec.device_map
+    target = device or default_device()
+    # Without a device_map of the spec's, the whole model goes to one device, and it is loaded
+    # there rather than moved with .to(): weights that Transformers places itself (gpt-oss's
+    # MXFP4 expert blocks, kept as plain attributes that .to() does not move) then land on the
+    # target too, not on the current CUDA device.
+    model_kwargs["device_map"] = spec.device_map or {"": target}
     qconf = quantization_config(spec)
     if qconf is not None:
         model_kwargs["quantization_config"] = qconf
-        model_kwargs.setdefault("device_map", device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if check_memory:
         from .memory import preflight
 
-        preflight(source, spec, device=device, device_map=model_kwargs.get("device_map"), batch_size=batch_size,
+        preflight(source, spec, device=target, device_map=spec.device_map, batch_size=batch_size,
                   context_tokens=context_tokens, config_kwargs=kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the model ({exc})") from exc
-    if "device_map" not in model_kwargs:
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     family = resolve_family(spec.family, model, tokenizer, enable_thinking=spec.enable_thinking)
     return LoadedModel(backend=HfBackend(model, tokenizer), spec=spec, family=family,
