@@ -9,7 +9,8 @@ field and the value. Nothing here touches a model, a tokenizer or the disk beyon
 Every config validates itself when it is built, from YAML or in Python: ``__post_init__`` checks
 each field's type against its annotation and then the class's own rules (``_rules``, next to the
 fields), and raises :class:`~tje_hf.errors.ConfigError` naming the field and the value, e.g.
-``DecodeConfig.top_p = 1.5: must be in (0, 1]``. Built from YAML, the same error names the dotted
+``DecodeConfig.top_p = 1.5: must be in (0, 1]``. Every float field must be finite: NaN and
+infinity mean nothing in any of them. Built from YAML, the same error names the dotted
 path instead: ``config field 'decode.top_p' = 1.5: must be in (0, 1]``.
 """
 
@@ -21,6 +22,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -397,6 +399,10 @@ def _coerce(tp: Any, value: Any, path: str, build: bool = True) -> Any:
     accepts, expected, convert = _SCALARS[tp]
     if not accepts(value):
         raise _FieldError(path, value, expected)
+    if tp is float and not math.isfinite(value):
+        # no float field has a meaning for NaN or infinity: NaN fails every comparison of the rules
+        # (temperature NaN would run greedy, tau NaN never gate), so it is refused here, once
+        raise _FieldError(path, value, "must be a finite number (not NaN or infinity)")
     return convert(value)
 
 

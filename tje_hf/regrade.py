@@ -18,9 +18,7 @@ from .errors import ConfigError, RunDirError
 from .records import (
     GRADE_KEYS,
     RECORDS,
-    REGRADES,
-    RunDir,
-    append_line,
+    append_regrades,
     load_config,
     read_records,
     source_revision,
@@ -108,13 +106,7 @@ def regrade(run_dir: str | Path, task=None) -> RegradeSummary:
         lines.append({"problem_id": rec["problem_id"], "config_hash": rec.get("config_hash"), "grader": grader,
                       "regraded_at": now, "steps": steps})
         after.append({"steps": steps})
-    writer = RunDir(run_dir)
-    writer.lock()  # one writer at a time, as for records
-    try:
-        for line in lines:
-            append_line(run_dir / REGRADES, line)
-    finally:
-        writer.close()
+    append_regrades(run_dir, lines)
     n_steps = max((len(r["steps"]) for r in records), default=0)
     counts, before = _accuracy(records, n_steps)
     return RegradeSummary(run_dir, len(records), changed, counts, before, _accuracy(after, n_steps)[1], grader)
