@@ -12,15 +12,19 @@
     tje regrade RUN_DIR                       grade the recorded answers again (regrades.jsonl)
 
 Errors print one line on stderr (``tje: error: ...``) and exit with code 2; ``--debug`` (before or
-after the command) shows the traceback instead.
+after the command) shows the traceback instead. Ctrl-C prints one line (for ``run`` and ``demo``,
+how many problems are on disk) and exits with 130; a closed standard output (``| head``) ends
+quietly with 141, as a command killed by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -60,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     limit = [f"task.limit={args.limit}"] if args.limit is not None else []
     # a bad config fails before torch loads
     cfg = load_run_config(args.config, limit + args.set + args.overrides)
+    args.out_dir = cfg.out_dir  # for the line a Ctrl-C prints
     _quiet_progress(args)
     from .runner import run, run_data_parallel
 
@@ -95,6 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     cfg = load_run_config(DEMO_CONFIG, overrides + args.set)
+    args.out_dir = cfg.out_dir  # for the line a Ctrl-C prints
     _quiet_progress(args)
     from .analysis.report import write_report
     from .runner import run
@@ -315,12 +321,47 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone before the last bytes is a BrokenPipeError below
+        return code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"tje: {_interrupted_line(args)}", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:  # the reader of stdout went away (`tje export RUN --csv - | head -1`)
+        _drop_stdout()
+        return 128 + signal.SIGPIPE
     except Exception as exc:  # every error: one line and exit code 2, the traceback with --debug
         if args.debug:
             raise
         print(f"tje: error: {_error_line(exc, args.command)}", file=sys.stderr)
         return 2
+
+
+def _interrupted_line(args: argparse.Namespace) -> str:
+    """What a Ctrl-C leaves: the run's problems on disk (every record was written whole, and a
+    resume cuts whatever a write left half done), or just that the command stopped."""
+    out_dir = getattr(args, "out_dir", None)
+    if out_dir is None:
+        return "interrupted; run the same command again"
+    from .records import problems_on_disk
+
+    try:
+        n = problems_on_disk(out_dir)
+    except (RunDirError, OSError):
+        return "interrupted; run the same command to resume"
+    return f"interrupted: {n} problems on disk; run the same command to resume"
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not fail again
+    on the closed pipe (and print "Exception ignored")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (captured)
+        pass
 
 
 # Errors whose message is the whole story: a user's input or environment, said in one line.
@@ -333,6 +374,8 @@ ANALYSIS_COMMANDS = ("report", "compare", "calibrate", "view", "export")
 def _error_line(exc: BaseException, command: str) -> str:
     """``exc`` as the one line ``tje`` prints: the message of a known error; the type, message and
     place of an unexpected one, with how to see its traceback."""
+    if isinstance(exc, OSError) and exc.errno in DEVICE_FULL:
+        return _device_full_line(exc)
     message = " ".join(str(exc).split()) or type(exc).__name__
     known = isinstance(exc, USER_ERRORS + FILE_ERRORS + (ImportError,)) or (
         isinstance(exc, ValueError) and command in ANALYSIS_COMMANDS)
@@ -342,6 +385,34 @@ def _error_line(exc: BaseException, command: str) -> str:
     where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
     return (f"unexpected {type(exc).__name__}{where}: {message} "
             f"(`tje --debug {command} ...` shows the traceback)")
+
+
+# A device that cannot take a write: what it is, and what to do about it.
+DEVICE_FULL = {errno.ENOSPC: ("no space left on {mount}", "free space"),
+               errno.EDQUOT: ("the disk quota is exceeded on {mount}", "free space"),
+               errno.EROFS: ("{mount} is mounted read-only", "make it writable")}
+
+
+def _device_full_line(exc: OSError) -> str:
+    """A full disk, an exceeded quota or a read-only mount, with the file being written and the
+    mount point it lives on. Nothing written is lost: records and regrades are appended whole
+    line by line (a torn last line is cut when the run is opened again), other files are
+    replaced atomically."""
+    what, todo = DEVICE_FULL[exc.errno]
+    mount = _mount_point(exc.filename) if exc.filename else "the device"
+    file = exc.filename or "the command's output"
+    return (f"{what.format(mount=mount)} while writing {file}; nothing written was lost; {todo} and run the same "
+            "command")
+
+
+def _mount_point(path: str | os.PathLike) -> str:
+    """The mount point of the file system that holds ``path`` (symbolic links followed)."""
+    where = Path(path).resolve()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    while not os.path.ismount(where):
+        where = where.parent
+    return str(where)
 
 
 def _int_at_least(minimum: int):

@@ -23,7 +23,6 @@ imported when a table is built, not with this module.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .columns import SEGMENTS, SIGNAL_NAMES
-from .records import CONFIG, read_records
+from .records import CONFIG, load_config, read_records, writing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,11 +55,11 @@ def fixed_columns(text: bool = False) -> tuple[str, ...]:
 
 
 def _run_settings(run_dir: Path) -> dict[str, Any]:
-    """``policy``, ``tau`` and ``gate_signal`` from the run's ``config.json`` (absent: unknown)."""
-    path = run_dir / CONFIG
+    """``policy``, ``tau`` and ``gate_signal`` from the run's ``config.json`` (absent: unknown;
+    damaged: RunDirError naming it)."""
     refine = {}
-    if path.is_file():
-        refine = json.loads(path.read_text()).get("config", {}).get("refine", {}) or {}
+    if (run_dir / CONFIG).is_file():
+        refine = load_config(run_dir).get("config", {}).get("refine", {}) or {}
     tau = refine.get("tau")
     signal = None
     if tau is not None:
@@ -164,13 +163,20 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def _atomic(path: Path, write) -> Path:
-    """Write through a temporary file next to ``path`` and rename: no half-written table."""
+    """Write through a temporary file next to ``path`` and rename: no half-written table. A path
+    that exists and is no regular file (``/dev/stdout``, a named pipe, a link to a device) is
+    written to directly: renaming over it would replace the device or the link."""
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory; give the path of the file to write")
+    if path.exists() and not path.is_file():
+        with writing(path):
+            write(path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        write(tmp)
+        with writing(path):
+            write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

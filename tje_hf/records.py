@@ -219,6 +219,14 @@ def read_records(path: str | Path, *, regrades: bool = True) -> list[dict]:
     return records
 
 
+def problems_on_disk(run_dir: str | Path) -> int:
+    """How many problems the run directory holds a record of, in ``records.jsonl`` or in a shard
+    not merged yet (what a resume will not run again)."""
+    run_dir = Path(run_dir)
+    files = [run_dir / RECORDS, *sorted((run_dir / SHARDS).glob("records-*.jsonl"))]
+    return len({str(rec["problem_id"]) for path in files for rec in read_records(path, regrades=False)})
+
+
 def _run_hash(records_path: Path) -> str | None:
     """The config hash in the ``config.json`` of the run a records file (or shard) belongs to;
     None when there is no such file (the records are then only checked against each other)."""

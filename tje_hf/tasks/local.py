@@ -114,6 +114,32 @@ def local_problems(rows: list[dict[str, Any]], columns: dict[str, str], answer_t
     return problems
 
 
+def _bad_json_line(path: Path) -> str | None:
+    """``"FILE line N: why"`` for the first line of a JSON-lines file that is not valid UTF-8, not
+    valid JSON, or holds a lone surrogate escape (``"\\ud800"``: valid JSON, but not a character,
+    which Arrow refuses); None when every line is fine (the file is one JSON document, say)."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            text = raw.decode("utf-8")
+            if text.strip():
+                json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"{path} line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start + 1})"
+        except UnicodeEncodeError as exc:
+            return (f"{path} line {number}: a lone surrogate ({exc.object[exc.start:exc.end]!r}) in a string; it is "
+                    "not a character: remove it or pair it")
+        except json.JSONDecodeError as exc:
+            return f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
+    return None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The message of the innermost exception ``exc`` was raised from (the parser's own words)."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def load_local(cfg: TaskConfig) -> Task:
     if not cfg.path:
         raise TaskError("task 'local' needs task.path: a .jsonl, .csv or .parquet file")
@@ -125,12 +151,16 @@ def load_local(cfg: TaskConfig) -> Task:
     if not path.is_file():
         raise TaskError(f"task.path = {cfg.path!r}: no such file")
     from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
 
     split = cfg.split or "train"
     try:
         rows = [dict(row) for row in load_dataset(builder, data_files=str(path), split=split)]
-    except ValueError as exc:
-        raise TaskError(f"task.path = {cfg.path!r}: cannot read it as {builder} (split {split!r}): {exc}") from exc
+    except (ValueError, DatasetGenerationError) as exc:
+        # datasets says "An error occurred while generating the dataset": name the line and the cause
+        where = (_bad_json_line(path) if builder == "json" else None) or (
+            f"cannot read it as {builder} (split {split!r}): {_root_cause(exc)}")
+        raise TaskError(f"task.path = {cfg.path!r}: {where}") from exc
     except StopIteration:  # datasets' JSON reader on an empty file
         rows = []
     if not rows:
