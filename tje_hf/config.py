@@ -171,6 +171,16 @@ class SignalConfig(_Validated):
     # per step; the other columns are NaN), the cheapest tracking.
     full_vocab: bool = True
 
+    def check_vocabulary(self, vocab_size: int, path: str | None = None) -> None:
+        """Refuse a top-k size over the model's vocabulary of ``vocab_size`` tokens (its column
+        would equal the full entropy, silently): ConfigError naming the field, ``path`` for a run
+        config's dotted path (``decode.signals.ks``), else ``SignalConfig.ks``."""
+        too_big = [k for k in self.ks if k > vocab_size]
+        if too_big:
+            why = f"{too_big} exceed the model's vocabulary of {vocab_size} tokens; use top-k sizes up to {vocab_size}"
+            raise (_FieldError(path, list(self.ks), why) if path else
+                   _FieldError("ks", self.ks, why, owner=type(self).__name__))
+
     def _rules(self) -> Iterator[_Violation]:
         if not self.ks or any(k < 1 for k in self.ks):
             yield "ks", self.ks, "must be a non-empty list of positive integers"

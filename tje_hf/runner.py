@@ -98,10 +98,7 @@ def _check_signals(cfg: RunConfig, lm: LoadedModel) -> None:
     """A top-k larger than the model's vocabulary is an error (its column would equal the full
     entropy)."""
     vocab = getattr(lm.backend, "vocab_size", None) or len(lm.backend.tokenizer)
-    too_big = [k for k in cfg.decode.signals.ks if k > vocab]
-    if too_big:
-        raise ConfigError(f"decode.signals.ks = {list(cfg.decode.signals.ks)}: {too_big} exceed the model's "
-                          f"vocabulary of {vocab} tokens; use top-k sizes up to {vocab}")
+    cfg.decode.signals.check_vocabulary(vocab, "decode.signals.ks")
 
 
 def _check_logits(batch, results: list[RefineResult]) -> None:

@@ -164,6 +164,14 @@ def build_generation_config(model, decode: DecodeConfig, max_new_tokens: int, pa
     return gen
 
 
+def vocab_size(model) -> int:
+    """The width of the model's logits (the vocabulary every top-k is taken over)."""
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
 def sync_device(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); a no-op where kernels run synchronously."""
     if device.type == "cuda":
@@ -200,6 +208,10 @@ def generate_with_entropy(
         template_kwargs: extra chat-template arguments (e.g. ``reasoning_effort``).
         token_budget: per-row token budgets (overrides ``config.token_budget``).
         logits_processor: extra processors, run after the observer and before sampling.
+
+    Raises:
+        ConfigError: a top-k size of ``config.signals.ks`` exceeds the model's vocabulary (its
+            column would equal the full entropy).
 
     Returns:
         A :class:`GenerationOutput` with one :class:`SequenceResult` per prompt, in order.
@@ -239,7 +251,8 @@ def generate_batch(
     progress: Callable[[int], None] | None = None,
     progress_interval: float = 1.0,
 ) -> GenerationOutput:
-    """The one ``model.generate`` call, on a prepared left-padded batch ``(B, L)``.
+    """The one ``model.generate`` call, on a prepared left-padded batch ``(B, L)``. A top-k size
+    of ``config.signals`` over the model's vocabulary is a ConfigError, before anything runs.
 
     ``cache`` must hold exactly the first ``cache.get_seq_length() < L`` columns of
     ``input_ids`` (build it with :func:`tje_hf.generation.kvcache.plan_reuse`); it is extended in place and
@@ -260,6 +273,7 @@ def generate_batch(
     if cache is not None and not 0 <= held < L:
         raise ValueError(f"the cache holds {held} positions; it must hold fewer than the "
                          f"{L} input positions (generate would silently recompute on top of it)")
+    config.signals.check_vocabulary(vocab_size(model))  # a top-k over it would read as the full entropy
     prompt_lengths = attention_mask.sum(-1).tolist()
     context = model_context(model.config)
     check_prompts_fit(prompt_lengths, context)
@@ -407,10 +421,7 @@ class HfBackend:
     @property
     def vocab_size(self) -> int:
         """The width of the model's logits (the vocabulary every top-k is taken over)."""
-        head = self.model.get_output_embeddings()
-        if head is not None and getattr(head, "weight", None) is not None:
-            return int(head.weight.shape[0])
-        return int(self.model.config.vocab_size)
+        return vocab_size(self.model)
 
     def generate(
         self,
