@@ -154,7 +154,7 @@ def test_model_without_chat_template_is_a_one_line_error(tmp_path, smollm2, caps
     assert len(err) == 1 and "no chat template" in err[0]
 
 
-def test_prompt_longer_than_context_is_an_error_and_keeps_records(tmp_path, smollm2, capsys):
+def test_prompt_longer_than_context_is_recorded_as_context_full_alone_in_its_batch(tmp_path, smollm2):
     model_dir = tiny_model_dir(tmp_path, smollm2, template=True, context=80)
     data = tmp_path / "qa.jsonl"
     rows = [{"id": "short", "q": "1+1?", "a": "2"}, {"id": "long", "q": "word " * 200, "a": "3"}]
@@ -163,10 +163,10 @@ def test_prompt_longer_than_context_is_an_error_and_keeps_records(tmp_path, smol
                         task={"name": "local", "path": str(data), "columns": {"id": "id", "question": "q",
                                                                              "answer": "a"}},
                         batch_size=1, refine={"steps": 1}, decode={"max_new_tokens": 4})
-    assert main(["run", "--config", str(path), "--no-progress"]) == 2
-    err = error_lines(capsys)
-    assert len(err) == 1 and "does not fit the model's context of 80 tokens" in err[0]
-    assert [r["problem_id"] for r in read_records(tmp_path / "run")] == ["short"]
+    assert main(["run", "--config", str(path), "--no-progress"]) == 0
+    records = read_records(tmp_path / "run")
+    assert [(r["problem_id"], r["n_steps"], r["stopped"]) for r in records] == [("short", 1, None),
+                                                                               ("long", 0, "context_full")]
 
 
 def test_torn_line_is_cut_when_the_run_reopens(tmp_path):

@@ -169,10 +169,10 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .analysis.calibration import calibrate_records
-    from .records import read_records
+    from .records import read_records, with_steps
 
-    cal = calibrate_records(read_records(_run_dir(args.run_dir)), signal=args.signal, segment=args.segment,
-                            step=args.step)
+    cal = calibrate_records(with_steps(read_records(_run_dir(args.run_dir))), signal=args.signal,
+                            segment=args.segment, step=args.step)
     print(json.dumps(cal.to_json(), indent=2))
     return 0
 

@@ -219,6 +219,13 @@ def read_records(path: str | Path, *, regrades: bool = True) -> list[dict]:
     return records
 
 
+def with_steps(records: list[dict]) -> list[dict]:
+    """The records of problems that ran at least one step: what an analysis can evaluate. A
+    problem whose step-1 prompt did not fit the model's context is recorded with none
+    (``stopped: context_full``), so that a resume does not run it again."""
+    return [rec for rec in records if rec.get("steps")]
+
+
 def problems_on_disk(run_dir: str | Path) -> int:
     """How many problems the run directory holds a record of, in ``records.jsonl`` or in a shard
     not merged yet (what a resume will not run again)."""

@@ -54,19 +54,20 @@ class StepResult:
 
 #: ``RefineResult.stopped``: why a problem ran fewer than ``steps`` steps. ``gate``: its step-1
 #: signal was at or below tau; ``context_full``: its next prompt leaves no room in the model's
-#: context (the steps it finished are kept).
+#: context (the steps it finished are kept; none when its step-1 prompt already does not fit).
 STOPPED = ("gate", "context_full")
 
 
 @dataclass
 class RefineResult:
     """All steps of one problem, and why it stopped early (``stopped``: one of :data:`STOPPED`,
-    None when it ran every step)."""
+    None when it ran every step). ``prompt_ids``: its step-1 prompt (kept also when no step ran)."""
 
     problem_id: str
     steps: list[StepResult]
     prompt_hash: str
     stopped: str | None = None
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
 
 
 def gate_value(step: StepResult, column: str, segment: str) -> float:
@@ -106,8 +107,8 @@ def refine(
             about once a second, by a backend with ``reports_progress`` (one host read each).
 
     A problem whose next prompt leaves no room in ``backend.context_length`` stops before that
-    step (``stopped="context_full"``), its finished steps kept; the others go on. Step 1's prompts
-    must fit (else :class:`~tje_hf.errors.PromptTooLongError`).
+    step (``stopped="context_full"``), its finished steps kept; the others go on. At step 1 that
+    leaves it with no step at all: one problem that cannot fit never blocks its batch.
 
     Returns:
         One :class:`RefineResult` per problem, in order.
@@ -118,7 +119,8 @@ def refine(
     rules = family.segment_rules(tokenizer)
     messages = [list(c) for c in conversations]
     prompts = [family.render(tokenizer, m) for m in messages]
-    results = [RefineResult(str(pid), [], prompt_hash(p)) for pid, p in zip(problem_ids, prompts, strict=True)]
+    results = [RefineResult(str(pid), [], prompt_hash(p), prompt_ids=list(p))
+               for pid, p in zip(problem_ids, prompts, strict=True)]
     active = list(range(len(conversations)))
     backend.drop_cache()  # conversations are numbered per call: nothing may carry over
     try:
@@ -128,9 +130,9 @@ def refine(
                 for i in active:
                     messages[i], prompts[i] = _next_prompt(family, tokenizer, config, messages[i],
                                                            results[i].steps[-1])
-                active = _fitting(active, prompts, results, backend.context_length)
-                if not active:
-                    break
+            active = _fitting(active, prompts, results, backend.context_length)
+            if not active:
+                break
             batch = [prompts[i] for i in active]
             seeds = [derive_seed(run_seed, results[i].problem_id, step) for i in active]
             # 2-3) generate; the backend reuses what it kept of each conversation (config.reuse_cache)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .columns import signal_columns
 from .config import RunConfig, config_hash, to_dict
-from .errors import ConfigError, ModelLoadError, PromptTooLongError, RunDirError
+from .errors import ConfigError, ModelLoadError, RunDirError
 from .models.families import make_family
 from .models.loading import LoadedModel, load_backend, rank_device
 from .records import (
@@ -131,7 +131,7 @@ def _record(cfg: RunConfig, chash: str, lm: LoadedModel, task: Task, problem: Pr
         steps.append(step_record(step, grade, ref))
     record = problem_record(result, steps, problem=problem, index=index, task=task.name, config_hash=chash,
                           model=cfg.model.name_or_path, model_revision=lm.revision, family=lm.family,
-                          policy=cfg.refine.policy, prompt=lm.tokenizer.decode(result.steps[0].prompt_ids))
+                          policy=cfg.refine.policy, prompt=lm.tokenizer.decode(result.prompt_ids))
     record["stopped"] = result.stopped  # why it ran fewer than refine.steps steps (None: it ran them all)
     return record
 
@@ -255,13 +255,11 @@ def _run_batches(cfg, chash, lm, task, todo, run_dir, progress, on_problem) -> N
             batch = todo[b:b + cfg.batch_size]
             meter.start_batch(len(batch))
             start_n = bar.n
-            try:
-                results = refine(lm.backend, family, [_messages(cfg, p) for _, p in batch],
-                                 [p.id for _, p in batch], cfg.refine, cfg.decode, run_seed=cfg.seed,
-                                 on_step=meter.on_step, on_tokens=meter.on_tokens if progress else None)
-            except PromptTooLongError as exc:
-                ids = ", ".join(p.id for _, p in batch)
-                raise PromptTooLongError(f"problems {ids}: {exc}") from None
+            # a problem whose prompt cannot fit comes back with no steps (stopped: context_full) and
+            # is recorded as such: its batch-mates go on, and a resume does not meet it again
+            results = refine(lm.backend, family, [_messages(cfg, p) for _, p in batch],
+                             [p.id for _, p in batch], cfg.refine, cfg.decode, run_seed=cfg.seed,
+                             on_step=meter.on_step, on_tokens=meter.on_tokens if progress else None)
             _check_logits(batch, results)
             for (index, problem), result in zip(batch, results, strict=True):
                 record = _record(cfg, chash, lm, task, problem, index, result, run_dir, columns)

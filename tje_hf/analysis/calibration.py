@@ -569,8 +569,10 @@ def step_values(records: list[dict], signal: str = DEFAULT_COLUMN, segment: str 
     for j, rec in enumerate(records):
         steps = rec["steps"]
         if len(steps) < step or steps[step - 1]["step"] != step:
+            why = ("its next prompt did not fit the model's context" if rec.get("stopped") == "context_full" else
+                   "a policy='gate' run stops early: evaluate a policy='all' run")
             raise ValueError(f"problem {rec.get('problem_id')!r} has {len(steps)} recorded steps, step {step} "
-                             "asked (a policy='gate' run stops early: evaluate a policy='all' run)")
+                             f"asked ({why})")
         s = steps[step - 1]
         segs = s["signals"]
         if segment not in segs:

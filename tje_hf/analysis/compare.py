@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..columns import DEFAULT_COLUMN, unit_of
-from ..records import load_config, read_records
+from ..records import load_config, read_records, with_steps
 from .calibration import step_values
 from .evaluation import RunEvaluation, Separation, evaluate_run, separation
 from .figures import compare_figure
@@ -130,7 +130,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, signal: str = 
 
 
 def _load(rd: Path, signal: str, segment: str) -> _Compared:
-    records = read_records(rd)
+    records = with_steps(read_records(rd))
     if not records:
         raise ValueError(f"{rd} holds no records")
     cfg = load_config(rd)

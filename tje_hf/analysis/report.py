@@ -22,7 +22,7 @@ from ..columns import (
     higher_is_uncertain,
     unit_of,
 )
-from ..records import REPORT_DIR, load_config, read_records
+from ..records import REPORT_DIR, load_config, read_records, with_steps
 from .calibration import step_values
 from .compare import compare_runs
 from .evaluation import FewShotSize, RunEvaluation, evaluate_run
@@ -74,13 +74,14 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, signal:
     and ``hist.png``.
     """
     run_dir = Path(run_dir)
-    records = read_records(run_dir)
+    recorded = read_records(run_dir)
+    records = with_steps(recorded)
     if not records:
-        raise ValueError(f"{run_dir} holds no records")
+        raise ValueError(f"{run_dir} holds no records" + (" of a problem that ran a step" if recorded else ""))
     cfg = load_config(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    meta = run_meta(run_dir, cfg)
+    meta = {**run_meta(run_dir, cfg), "not_run": len(recorded) - len(records)}
     config = cfg.get("config", {})
     if run_policy(config, records) == "gate":
         res_g = evaluate_gate_run(records, config)
@@ -128,7 +129,15 @@ def _intro_md(meta: dict, res: RunEvaluation) -> list[str]:
     if res.n_excluded:
         parts.append(f"\n{res.n_excluded} problems have no step-1 value (NaN): left out of calibration and "
                      "separation; the gate never stops them.")
-    return parts
+    return parts + _not_run_md(meta)
+
+
+def _not_run_md(meta: dict) -> list[str]:
+    """The problems recorded without a step (their prompt did not fit the model's context)."""
+    if not meta.get("not_run"):
+        return []
+    return ["", (f"{meta['not_run']} more problems did not fit the model's context and ran no step "
+                 "(`stopped: context_full`): left out of everything below.")]
 
 
 def _accuracy_md(res: RunEvaluation) -> list[str]:
@@ -284,6 +293,7 @@ def _gate_report_md(meta: dict, res: GateRunEvaluation, figures: dict[str, str],
          f"tau = {num(st.tau)} (config.json `refine.tau`), and ran all N = {st.n_steps} steps otherwise. "
          f"{q} problems. Everything below is what the run did; no threshold is re-fitted. Unparseable answers "
          "count as incorrect."),
+        *_not_run_md(meta),
         "", "## The run's gate", "",
         table(["policy", f"tau ({unit})", "column", "segment", "N", "stopped after step 1", "continued",
                "no step-1 value"],

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..analysis.style import RUN_TAU_NAME
 from ..columns import DEFAULT_COLUMN, higher_is_uncertain, unit_of
-from ..records import CONFIG, load_config, load_environment, read_records, read_trace
+from ..records import CONFIG, load_config, load_environment, read_records, read_trace, with_steps
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def build_payload(run_dir: str | Path, signal: str = DEFAULT_SIGNAL,
     """
     run_dir = Path(run_dir)
     signal_scale(signal)  # fail before reading anything when the signal is not an entropy
-    records = read_records(run_dir)
+    records = with_steps(read_records(run_dir))  # a problem that ran no step has no token to show
     cfg = load_config(run_dir).get("config", {}) if (run_dir / CONFIG).exists() else {}
     own_decode = decode
     if own_decode is None:
