@@ -22,11 +22,11 @@ pointing at them are cut on resume; a ``traces.bin`` shorter than its records ne
 lock file (the kernel drops it when the process dies). A write that fails (a full disk, a
 read-only mount) raises ``OSError`` naming the file (:func:`writing`).
 
-One record per problem, of one config: :func:`read_records` drops a line that repeats another
-byte for byte in content (a file concatenated twice) with a warning, and refuses two different
-records of one problem, and records whose ``config_hash`` differs from each other's or from
-``config.json``'s (naming the lines); :meth:`RunDir.open` refuses to append to records of another
-config even when ``config.json`` is gone.
+One record per problem, of one config: :func:`read_records` drops a line that repeats an earlier
+record of its problem with the same content (a file concatenated twice) with a warning, and
+refuses two different records of one problem, and records whose ``config_hash`` differs from each
+other's or from ``config.json``'s (naming the lines); :meth:`RunDir.open` refuses to append to
+records of another config even when ``config.json`` is gone.
 
 Non-finite floats are written as ``null`` (standard JSON); :func:`read_records` returns NaN for a
 null signal value.
