@@ -188,9 +188,9 @@ def test_packaged_fp8_configs():
             assert (cfg.refine.steps, cfg.decode.max_new_tokens, cfg.decode.temperature, cfg.refine.policy) == \
                 (4, 8192, 0.7, "all")
             assert cfg.task.name == task and cfg.out_dir == f"runs/{name}_{task}"
-            # Sized for a 48 GiB card: the check before loading (it sizes the KV cache for the
-            # run's longest conversation) keeps 10 % headroom and must pass with the 46.5 GiB free
-            # that the configs and README quote.
+            # Sized for a 48 GiB card: the check before loading (it sizes the KV cache and the
+            # attention's transient for the run's longest conversation) keeps 10 % headroom and
+            # must pass with the 46.5 GiB free that the configs and README quote.
             assert longest_conversation(cfg) == 2048 + 4 * 8192
             est = estimate_memory(reference_config("qwen3-30b-a3b"), dtype="bfloat16", quantization="fp8",
                                   batch_size=cfg.batch_size, context_tokens=longest_conversation(cfg))
@@ -206,9 +206,10 @@ def _readme_memory_rows() -> list[list[str]]:
 
 
 def test_readme_memory_table_is_the_estimators():
-    """Each row: weights, KV cache and total at 16,384 tokens a sequence (the calibrate scripts'
-    bound), the total at 2048 + 4 x 8192 = 34,816 (what the check before loading sizes), and the
-    free memory that check needs (total / 0.9, rounded up), all in GiB, as the estimator gives them."""
+    """Each row: weights, KV cache, attention transient and total at 16,384 tokens a sequence (the
+    calibrate scripts' bound), the total at 2048 + 4 x 8192 = 34,816 (what the check before loading
+    sizes), and the free memory that check needs (total / 0.9, rounded up), all in GiB, as the
+    estimator gives them."""
     rows = _readme_memory_rows()
     assert len(rows) >= 8
     for row in rows:
@@ -220,6 +221,7 @@ def test_readme_memory_table_is_the_estimators():
         est = estimate_memory(reference_config(model), context_tokens=16384, **kw)
         checked = estimate_memory(reference_config(model), context_tokens=PROMPT_ALLOWANCE + 4 * 8192, **kw)
         free = math.ceil(checked.total_bytes / GiB / 0.9 * 10) / 10
-        numbers = tuple(float(x) for x in row[2:7])
+        numbers = tuple(float(x) for x in row[2:8])
         assert numbers == (round(est.weights_bytes / GiB, 1), round(est.kv_cache_bytes / GiB, 1),
-                           round(est.total_bytes / GiB, 1), round(checked.total_bytes / GiB, 1), free), row
+                           round(est.attention_bytes / GiB, 1), round(est.total_bytes / GiB, 1),
+                           round(checked.total_bytes / GiB, 1), free), row

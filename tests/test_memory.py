@@ -15,18 +15,23 @@ from transformers import DynamicCache
 
 from tje_hf import DecodeConfig, SignalConfig
 from tje_hf.config import ModelSpec
-from tje_hf.generation.hf import generate_batch
-from tje_hf.generation.kvcache import new_cache
+from tje_hf.generation.hf import HfBackend, generate_batch
+from tje_hf.generation.kvcache import RecordingSlidingLayer, new_cache
+from tje_hf.models.allocation import AllocationMeter
 from tje_hf.models.loading import ModelLoadError, load_model
 from tje_hf.models.memory import (
+    EAGER_SCORE_COPIES,
     FP8_SCALE_BYTES,
+    RECORD_BLOCK,
     GiB,
     InsufficientMemoryError,
     _count_analytic,
+    attention_transient_bytes,
     check_fits,
     count_parameters,
     effective_quantization,
     estimate_memory,
+    prefill_chunk,
     reference_config,
 )
 
@@ -52,8 +57,9 @@ def _storage_bytes(tensors) -> int:
 
 def cache_bytes(cache) -> int:
     """The memory the cache's key/value tensors hold (storage, not the visible slice)."""
-    return _storage_bytes([t for layer in cache.layers for t in (layer.keys, layer.values)
-                           if torch.is_tensor(t) and t.numel()])
+    held = [t for layer in cache.layers
+            for t in (layer.tensors() if isinstance(layer, RecordingSlidingLayer) else (layer.keys, layer.values))]
+    return _storage_bytes([t for t in held if torch.is_tensor(t) and t.numel()])
 
 
 def run_generate(model, tokenizer, cache):
@@ -84,7 +90,10 @@ def compare(name, model, cache, record_sliding_past=True):
 def test_smollm2_estimate_matches_measured(smollm2):
     est, _ = compare("smollm2", smollm2.model, run_generate(smollm2.model, smollm2.tokenizer, new_cache(smollm2.model)))
     assert est.n_sliding_layers == 0 and est.logits_bytes > 0
-    assert est.total_bytes == est.weights_bytes + est.kv_cache_bytes + est.logits_bytes
+    assert est.total_bytes == est.weights_bytes + est.kv_cache_bytes + est.logits_bytes + est.attention_bytes
+    # sdpa, 9 query heads over 3 key/value heads of 64: the cache's copy and the repeated keys and
+    # values of one layer at the last context (2 sequences, float32)
+    assert est.attention_bytes == 2 * BATCH * (3 + 9) * (PROMPT + NEW - 1) * 64 * 4
 
 
 def test_tiny_gpt_oss_past_the_window(smollm2):
@@ -97,7 +106,8 @@ def test_tiny_gpt_oss_past_the_window(smollm2):
     est_plain, _ = compare("tiny gpt-oss (window only)", model, plain, record_sliding_past=False)
     assert est_plain.kv_cache_bytes < est.kv_cache_bytes
     per_tok = est.kv_bytes_per_token_sliding * BATCH
-    assert est.kv_cache_bytes - est_plain.kv_cache_bytes == per_tok * (PROMPT + NEW - 1 - 15)
+    # recorded: every position, the live window beside them, and the free part of the last block
+    assert est.kv_cache_bytes - est_plain.kv_cache_bytes == per_tok * (PROMPT + NEW - 1 + RECORD_BLOCK - 1)
 
 
 def test_tiny_qwen3_moe(smollm2):
@@ -245,8 +255,16 @@ def test_paper_models_at_batch_16_x_16k():
     assert qwen8.kv_cache_bytes == qwen.kv_cache_bytes
     # KV: 24 layers x 8 KV heads x 64 dims x K,V x 2 B = 48 KiB a token; 16 x 16384 tokens = 12 GiB
     # when the sliding layers record their past, about half when they keep their window only.
-    assert bf16.kv_cache_bytes == mxfp4.kv_cache_bytes == 12 * GiB
-    assert window.kv_cache_bytes == 6 * GiB + 12 * 2 * 8 * 64 * 2 * 16 * 127
+    # (recording: plus, per sliding layer, the live window of 127 and up to 63 positions of a block)
+    sliding_token = 12 * 2 * 8 * 64 * 2 * 16  # 12 sliding layers, K and V, 16 sequences
+    assert bf16.kv_cache_bytes == mxfp4.kv_cache_bytes == 12 * GiB + sliding_token * (127 + 63)
+    assert window.kv_cache_bytes == 6 * GiB + sliding_token * 127
+    # gpt-oss attends eagerly: the cache copy (8 heads), keys and values repeated to 64 heads, and
+    # as much again for the scores, at 16 x 16384 tokens of 64 dims in bf16; Qwen3 (sdpa): the
+    # cache copy (4 heads) and keys and values repeated to 32 heads of 128
+    assert mxfp4.attn_implementation == "eager" and qwen.attn_implementation == "sdpa"
+    assert mxfp4.attention_bytes == 2 * 16 * 16384 * 64 * 2 * (8 + 64 + 64)
+    assert qwen.attention_bytes == 2 * 16 * 16384 * 128 * 2 * (4 + 32)
     assert qwen.kv_cache_bytes == 24 * GiB
     assert 0 < bf16.logits_bytes < 0.2 * GiB
     assert "records their past" in bf16.table() and "keep 127 tokens" in window.table()
@@ -261,3 +279,50 @@ def test_analytic_count_agrees_with_meta(name):
     assert abs(analytic.linear_weight - meta.linear_weight) / max(meta.linear_weight, 1) < 0.01
     assert abs(analytic.fp8_weight - meta.fp8_weight) <= 0.01 * max(meta.fp8_weight, 1)
     assert abs(analytic.fp8_scales - meta.fp8_scales) <= 0.01 * max(meta.fp8_scales, 1)
+
+
+def test_eager_attention_allocates_what_the_estimate_counts(smollm2):
+    """gpt-oss's eager attention at its real head shapes (64 query heads, 8 key/value heads of 64),
+    measured on the CPU: the bytes one attention layer allocates in a real refinement-loop call
+    (the cache's copy, keys and values repeated to every query head, the scores) stay within
+    ``attention_transient_bytes`` at the context the run was sized for, because the backend
+    prefills in chunks (``prefill_chunk``); a one-pass prefill would need several times more."""
+    model = build_tiny_gpt_oss(head_dim=64, heads=(64, 8))
+    B, P, budget, new = 2, 400, 512, 4
+    peaks = []  # (query positions, bytes) per call of the full-attention layer
+
+    def enter(module, args, kwargs):
+        module.meter = AllocationMeter()
+        module.meter.__enter__()
+
+    def leave(module, args, kwargs, out):
+        module.meter.__exit__(None, None, None)
+        peaks.append((kwargs["hidden_states"].shape[1], module.meter.peak_bytes))
+
+    attn = model.model.layers[1].self_attn
+    assert model.config.layer_types[1] == "full_attention"
+    hooks = [attn.register_forward_pre_hook(enter, with_kwargs=True),
+             attn.register_forward_hook(leave, with_kwargs=True)]
+    prompts = torch.randint(100, 40000, (B, P), generator=torch.Generator().manual_seed(0)).tolist()
+    decode = DecodeConfig(max_new_tokens=new, min_new_tokens=new, temperature=0.0, signals=SignalConfig())
+    try:
+        HfBackend(model, smollm2.tokenizer, context_tokens=budget).generate(prompts, decode)
+        chunked = list(peaks)
+        peaks.clear()
+        HfBackend(model, smollm2.tokenizer).generate(prompts, decode)  # no context sized: one pass
+        one_pass = list(peaks)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    estimate = attention_transient_bytes(model.config, "eager", B, budget, 4)
+    chunk = prefill_chunk(model.config, B, P, budget, 4)
+    assert [q for q, _ in chunked] == [chunk] * (P // chunk) + [P % chunk] + [1] * (new - 1)
+    worst = max(b for _, b in chunked)
+    print(f"\neager attention, batch {B}, {P}-token prompt, sized for {budget}: worst call {worst} B, "
+          f"estimate {estimate} B ({worst / estimate:.3f}); one-pass prefill {one_pass[0][1]} B")
+    assert 0.8 * estimate <= worst <= estimate
+    # a decode step: the cache copy and the repeated keys and values at its context, the scores of one query
+    ctx = P + new - 1
+    kv_copies = 2 * B * (8 + 64) * ctx * 64 * 4
+    assert kv_copies <= chunked[-1][1] <= kv_copies + EAGER_SCORE_COPIES * B * 64 * ctx * 4 + 64 * 1024
+    assert one_pass[0][1] > 3 * estimate

@@ -13,13 +13,14 @@ SMOLLM2_VOCAB = 49152
 
 
 def build_tiny_gpt_oss(vocab_size: int = SMOLLM2_VOCAB, sliding_window: int = 16, seed: int = 0,
-                       head_dim: int = 16):
-    """A random GptOssForCausalLM: 2 layers (sliding, full), 4 experts, sinks, eager attention."""
+                       head_dim: int = 16, heads: tuple[int, int] = (4, 2)):
+    """A random GptOssForCausalLM: 2 layers (sliding, full), 4 experts, sinks, eager attention;
+    ``heads``: (query heads, key/value heads) (gpt-oss-20b's are (64, 8), with ``head_dim=64``)."""
     from transformers import GptOssConfig, GptOssForCausalLM
 
     torch.manual_seed(seed)
     config = GptOssConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=64, head_dim=head_dim,
-                          num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                          num_attention_heads=heads[0], num_key_value_heads=heads[1], num_hidden_layers=2,
                           num_local_experts=4, num_experts_per_tok=2, sliding_window=sliding_window,
                           max_position_embeddings=4096, attn_implementation="eager",
                           eos_token_id=2, pad_token_id=2, bos_token_id=1)

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from ..config import DecodeConfig
-from ..models.memory import model_context
+from ..models.memory import model_context, prefill_chunk
 from ..models.segments import GENERIC, SegmentRules
 from .kvcache import CachedPrefix, ReusePlan, new_cache, plan_reuse
 from .outputs import (
@@ -250,6 +250,7 @@ def generate_batch(
     logits_processor: Sequence = (),
     progress: Callable[[int], None] | None = None,
     progress_interval: float = 1.0,
+    prefill_chunk: int | None = None,
 ) -> GenerationOutput:
     """The one ``model.generate`` call, on a prepared left-padded batch ``(B, L)``. A top-k size
     of ``config.signals`` over the model's vocabulary is a ConfigError, before anything runs.
@@ -266,6 +267,9 @@ def generate_batch(
     ``progress``: called with the tokens generated so far in this call, at most once per
     ``progress_interval`` seconds (:class:`~tje_hf.generation.tracker.ProgressReport`: one host
     read per report, none per step).
+
+    ``prefill_chunk``: prefill at most this many positions a forward pass (Transformers' chunked
+    prefill), which bounds eager attention's scores (:func:`tje_hf.models.memory.prefill_chunk`).
     """
     device = model.device
     B, L = input_ids.shape
@@ -292,6 +296,9 @@ def generate_batch(
         criteria.append(ProgressReport(tracker, progress, progress_interval))
     gen_config = build_generation_config(model, config, max_new, pad_token_id(tokenizer))
     kwargs = {cache_kwarg(model): cache} if cache is not None else {}
+    if prefill_chunk is not None and prefill_chunk < L - held:
+        gen_config.prefill_chunk_size = prefill_chunk
+        gen_config.use_cache = True  # chunks extend a cache
     if cache is not None:
         gen_config.use_cache = True  # a checkpoint may ship use_cache: false; reuse needs the cache filled
         # A checkpoint may name a cache class (Gemma's "static"), which generate refuses beside a cache.
@@ -400,9 +407,12 @@ class HfBackend:
     #: passes it only to a backend that says so.
     reports_progress: ClassVar[bool] = True
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, *, context_tokens: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        #: The longest context the run's memory check sized (``load_model``'s ``context_tokens``):
+        #: with eager attention, prefills are chunked to keep the scores within what it counted.
+        self.context_tokens = context_tokens
         self._prefix: CachedPrefix | None = None
         self._prefix_rows: list[Hashable] = []  # the conversation of each row of _prefix
 
@@ -453,7 +463,8 @@ class HfBackend:
             cache = new_cache(self.model)  # sliding-window layers record their past, for the next cut
         out = generate_batch(self.model, self.tokenizer, plan.input_ids, plan.attention_mask, decode, seeds=seeds,
                              segment_rules=segment_rules, cache=cache, token_budget=token_budget,
-                             progress=progress, progress_interval=progress_interval)
+                             progress=progress, progress_interval=progress_interval,
+                             prefill_chunk=self._prefill_chunk(*plan.input_ids.shape))
         out.reuse = [ReuseStats(plan.mode, r, p, c)
                      for r, p, c in zip(plan.reused, plan.prefilled, plan.common_prefix, strict=True)]
         if reuse_cache:
@@ -472,6 +483,14 @@ class HfBackend:
         rows = [self._prefix_rows.index(k) for k in keys]
         prefix, self._prefix = self._prefix, None  # consumed: plan_reuse rebuilds its cache
         return plan_reuse(prefix, batch, self.pad_token_id, device, rows=rows)
+
+    def _prefill_chunk(self, batch: int, width: int) -> int | None:
+        """Positions a prefill chunk of a ``(batch, width)`` input may hold (eager attention with a
+        sized context only; None: one pass)."""
+        if self.context_tokens is None or getattr(self.model.config, "_attn_implementation", None) != "eager":
+            return None
+        esize = torch.empty((), dtype=self.model.dtype).element_size()
+        return prefill_chunk(self.model.config, batch, width, self.context_tokens, esize)
 
     def drop_cache(self) -> None:
         self._prefix = None

@@ -19,10 +19,17 @@ The plan for a batch of next prompts ``new[b]`` (unpadded token lists):
 
 Rows whose reusable prefix is longer than the batch needs recompute ``R - (len(new[b]) - lcp[b])``
 tokens; with a batch of one, or equal remainders, ``prefilled = len(new) - lcp`` exactly.
-Sliding-window layers must have recorded their past (``activate_past_recording``, done by
-:func:`new_cache`); where a needed state is gone, or a layer is not a plain key/value layer
-(linear-attention layers hold a recurrent state that cannot be cut back), the plan says
-``fresh`` and nothing is reused.
+Where a needed state is gone, or a layer is not a plain key/value layer (linear-attention layers
+hold a recurrent state that cannot be cut back), the plan says ``fresh`` and nothing is reused.
+
+Sliding-window layers attend over their last ``window - 1`` tokens only, but a cut can fall
+anywhere in a row's conversation (inside the previous prompt with template history, at each
+row's own end with continuation history), and a cut at position p needs the window before p.
+:func:`new_cache` therefore gives them :class:`RecordingSlidingLayer`, which attends exactly as
+Transformers' layer does and also keeps every token's keys and values in preallocated blocks:
+a decoding step writes its one new token there. (Transformers' own ``activate_past_recording``
+keeps the past by concatenating the whole of it at every step, which costs a copy of every
+sliding layer's history per token: ``scripts/bench_sliding_cache.py`` measures both.)
 """
 
 from __future__ import annotations
@@ -42,19 +49,79 @@ try:
 except ImportError:  # pragma: no cover - releases without shared/attention-free layers
     DummyLayer = None
 
-#: Layer classes :func:`compact` can cut back (exactly these: a subclass may hold more state, e.g.
-#: an indexer's keys or a linear-attention layer's recurrent state, that a cut would leave stale).
-CUTTABLE_LAYERS = tuple(c for c in (DynamicLayer, DynamicSlidingWindowLayer) if c is not None)
-
+from ..models.memory import RECORD_BLOCK
 from .outputs import left_pad
 
 
+class RecordingSlidingLayer(DynamicSlidingWindowLayer):
+    """Transformers' dynamic sliding-window layer (the same window, the same attention inputs)
+    that also keeps the keys and values of every token it was given, for :func:`compact`.
+
+    The past lives in preallocated blocks ``(B, H, n, D)``: the first as long as what the layer is
+    first given (the prefill), then blocks of :attr:`BLOCK` positions as decoding fills them, so
+    that appending ``n`` tokens copies ``n`` tokens, whatever the length of the past, and at most
+    ``BLOCK - 1`` positions are allocated ahead. :meth:`past` returns it as one ``(B, H, n, D)``
+    tensor (a copy, made at a cut only).
+    """
+
+    BLOCK = RECORD_BLOCK  # what the memory estimate counts
+
+    def __init__(self, sliding_window: int, **kwargs):
+        super().__init__(sliding_window=sliding_window, **kwargs)
+        self._blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._free = 0  # unwritten positions at the end of the last block
+        self.recorded = 0  # positions held in the blocks
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self._record(key_states, value_states)
+        return super().update(key_states, value_states, *args, **kwargs)
+
+    def _record(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        n, done = keys.shape[-2], 0
+        while done < n:
+            if self._free == 0:
+                size = n - done if not self._blocks else self.BLOCK
+                shape = (*keys.shape[:2], size, keys.shape[-1])
+                self._blocks.append((keys.new_empty(shape), values.new_empty(shape)))
+                self._free = size
+            k_block, v_block = self._blocks[-1]
+            at = k_block.shape[-2] - self._free
+            take = min(self._free, n - done)
+            k_block[:, :, at:at + take].copy_(keys[:, :, done:done + take])
+            v_block[:, :, at:at + take].copy_(values[:, :, done:done + take])
+            self._free -= take
+            self.recorded += take
+            done += take
+
+    def past(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """Keys and values ``(B, H, recorded, D)`` of every position recorded (None before any)."""
+        if not self._blocks:
+            return None, None
+        keys = torch.cat([k for k, _ in self._blocks], dim=-2)[:, :, :self.recorded]
+        values = torch.cat([v for _, v in self._blocks], dim=-2)[:, :, :self.recorded]
+        return keys, values
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the layer holds: the window and the recorded blocks."""
+        held = [t for t in (self.keys, self.values) if torch.is_tensor(t)]
+        return held + [t for block in self._blocks for t in block]
+
+    def restart(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Hold ``keys``/``values`` ``(B, H, n, D)`` as both the window and the whole past, at
+        sequence length ``length`` (what :func:`compact` leaves)."""
+        self._blocks, self._free, self.recorded = [], 0, 0
+        self._record(keys, values)
+        self.keys, self.values = keys, values
+        self.cumulative_length = length
+
+
 def new_cache(model) -> Cache:
-    """An empty dynamic cache for ``model`` whose sliding-window layers keep their past, so that
-    the cache can later be cut back to any prefix."""
+    """An empty dynamic cache for ``model`` whose sliding-window layers keep their past
+    (:class:`RecordingSlidingLayer`), so that the cache can later be cut back to any prefix."""
     cache = DynamicCache(config=model.config)
-    if hasattr(cache, "activate_past_recording"):
-        cache.activate_past_recording()
+    for i, layer in enumerate(getattr(cache, "layers", ())):
+        if type(layer) is DynamicSlidingWindowLayer:
+            cache.layers[i] = RecordingSlidingLayer(sliding_window=layer.sliding_window)
     return cache
 
 
@@ -142,6 +209,13 @@ def plan_reuse(prefix: CachedPrefix | None, new: list[list[int]], pad_id: int, d
     return ReusePlan(ids, mask, cache, keep, [len(x) - k for x, k in zip(new, keep, strict=True)], lcp, "reused")
 
 
+#: Layer classes :func:`compact` can cut back (exactly these: a subclass may hold more state, e.g.
+#: an indexer's keys or a linear-attention layer's recurrent state, that a cut would leave stale).
+#: A plain sliding-window layer can be cut only within the window it still holds.
+CUTTABLE_LAYERS = tuple(c for c in (DynamicLayer, DynamicSlidingWindowLayer, RecordingSlidingLayer)
+                        if c is not None)
+
+
 def cuttable(cache: Cache) -> bool:
     """Whether every layer of ``cache`` is a plain key/value layer (or holds nothing) that
     :func:`compact` can cut back to a prefix. A linear-attention layer (Qwen3-Next, hybrid
@@ -162,9 +236,10 @@ def compact(prefix: CachedPrefix, rows: list[int], keep: list[int], width: int) 
     row ``rows[b]``, right-aligned in ``width`` columns (left padding, none in the middle).
 
     Works on every ``DynamicCache`` layer: full layers keep all columns; sliding-window layers
-    keep the last ``window - 1``. Returns None when a needed state is no longer held (a sliding
-    layer that did not record its past), or when a layer is not a key/value layer that can be cut
-    (:func:`cuttable`), so the caller must prefill from scratch.
+    keep the last ``window - 1`` (and, recording ones, start their past again from those).
+    Returns None when a needed state is no longer held (a sliding layer that did not record its
+    past), or when a layer is not a key/value layer that can be cut (:func:`cuttable`), so the
+    caller must prefill from scratch.
     """
     cache = prefix.cache
     if not cuttable(cache):
@@ -185,7 +260,9 @@ def compact(prefix: CachedPrefix, rows: list[int], keep: list[int], width: int) 
             gather[b, width - len(cols):] = cols.to(device)
     src_rows = torch.tensor(rows, dtype=torch.long, device=device)
     for layer in cache.layers:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)  # (B_old, H, held, D)
+        recording = isinstance(layer, RecordingSlidingLayer)
+        keys, values = layer.past() if recording else (getattr(layer, "keys", None), getattr(layer, "values", None))
+        # (B_old, H, held, D)
         if keys is None or not torch.is_tensor(keys) or keys.numel() == 0:
             continue
         held = keys.shape[-2]
@@ -200,8 +277,12 @@ def compact(prefix: CachedPrefix, rows: list[int], keep: list[int], width: int) 
         v = values.index_select(0, src_rows.to(values.device))
         idx4 = idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1]).to(k.device)
         real4 = real[:, None, :, None].to(k.device)
-        layer.keys = torch.where(real4, k.gather(2, idx4), torch.zeros((), dtype=k.dtype, device=k.device))
-        layer.values = torch.where(real4, v.gather(2, idx4), torch.zeros((), dtype=v.dtype, device=v.device))
+        new_keys = torch.where(real4, k.gather(2, idx4), torch.zeros((), dtype=k.dtype, device=k.device))
+        new_values = torch.where(real4, v.gather(2, idx4), torch.zeros((), dtype=v.dtype, device=v.device))
+        if recording:
+            layer.restart(new_keys, new_values, width)
+            continue
+        layer.keys, layer.values = new_keys, new_values
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length = width
     return cache

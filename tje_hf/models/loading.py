@@ -275,7 +275,7 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
         raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the model ({exc})") from exc
     model.eval()
     family = resolve_family(spec.family, model, tokenizer, enable_thinking=spec.enable_thinking)
-    return LoadedModel(backend=HfBackend(model, tokenizer), spec=spec, family=family,
+    return LoadedModel(backend=HfBackend(model, tokenizer, context_tokens=context_tokens), spec=spec, family=family,
                        revision=revision or _resolve_revision(source, spec), source=source)
 
 

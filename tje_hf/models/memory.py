@@ -8,12 +8,16 @@ counts parameters without allocating them (the model is built on the ``meta`` de
 and raises :class:`InsufficientMemoryError`, a one-line message naming the numbers and what to
 change, when it cannot fit. :func:`preflight` is what :func:`tje_hf.models.loading.load_model` calls.
 
-Not counted: the activations of the forward pass. Decoding needs little, but a long *prefill* with
-eager attention (gpt-oss on CPU, or when configured so) materialises ``B x heads x q x k`` scores;
-:func:`check_fits` keeps a headroom (default 10 % of the budget) for activations, the CUDA context
-and allocator fragmentation. Also not counted: the tracker's optional per-token trace
-(``B x max_new_tokens x 8`` float32, ~4 MiB at batch 16 x 8k) and the transient copy of one
-layer's KV that ``torch.cat`` makes while the cache grows.
+Counted among the activations: what one attention layer allocates beside the cache at the
+longest context (:func:`attention_transient_bytes`; layers run one after another, so one layer's
+is the peak): the copy of the layer's keys and values that the cache's ``torch.cat`` makes as it
+grows, keys and values repeated to every query head (eager attention at every step; sdpa in a
+padded prefill), and eager attention's ``B x heads x q x k`` scores, which the refinement loop
+keeps at the size of the repeated keys and values by prefilling in chunks (:func:`prefill_chunk`).
+Not counted: the rest of the forward pass's activations (per token, small beside these), the
+tracker's optional per-token trace (``B x max_new_tokens x 8`` float32, ~4 MiB at batch 16 x 8k),
+the CUDA context and allocator fragmentation: :func:`check_fits` keeps a headroom (default 10 %
+of the budget) for them.
 
 ``python -m tje_hf.models.memory gpt-oss-20b --batch 16 --context 16384 --quantization mxfp4`` prints an
 estimate for a paper model from its public architecture (no download; see :data:`REFERENCE_MODELS`);
@@ -58,6 +62,13 @@ FP8_DEFAULT_BLOCK = (128, 128)
 # log-probabilities are taken from it one step later) and the signal temporaries (the logits
 # minus their maximum, its exponential, the masked-entry mask); rounded up, as a margin.
 LOGITS_FP32_COPIES = 7
+# Copies of eager attention's B x heads x q x k scores alive at once in Transformers 5.23-5.24's
+# eager_attention_forward: the product QK^T (then that plus the mask), the sink-extended logits
+# less their maximum, and their softmax.
+EAGER_SCORE_COPIES = 3
+# The refinement loop's sliding-window layers (tje_hf.generation.kvcache.RecordingSlidingLayer)
+# keep every token in blocks of this many positions, beside their live window of window - 1.
+RECORD_BLOCK = 64
 DEFAULT_HEADROOM = 0.10
 NO_CHECK_ENV = "TJE_HF_NO_MEMORY_CHECK"
 
@@ -252,7 +263,7 @@ def _count_analytic(config) -> ParamCounts:
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a model needs for one batch of ``batch_size`` sequences of ``context_tokens`` tokens
-    (prompt + generated, per sequence). ``total_bytes = weights + kv_cache + logits``.
+    (prompt + generated, per sequence). ``total_bytes = weights + kv_cache + logits + attention``.
 
     ``kv_bytes_per_token_full`` / ``_sliding``: KV bytes of one token of one sequence, summed over
     the layers that keep every token / over the sliding-window layers. ``weights_bytes_if_4bit``:
@@ -278,12 +289,16 @@ class MemoryEstimate:
     kv_bytes_per_token_sliding: int
     weights_bytes_if_4bit: int
     notes: tuple[str, ...] = ()
+    attention_bytes: int = 0  # one layer's transient at the longest context (attention_transient_bytes)
+    attn_implementation: str = "sdpa"
 
     def kv_bytes(self, batch_size: int, context_tokens: int) -> int:
         """The KV cache at another batch size / context (same model and settings)."""
         sliding_tokens = context_tokens
-        if self.n_sliding_layers and not self.record_sliding_past and self.sliding_window:
-            sliding_tokens = min(context_tokens, self.sliding_window - 1)
+        if self.n_sliding_layers and self.sliding_window:
+            window = min(context_tokens, self.sliding_window - 1)
+            # recording: the whole past, the live window beside it, and the last block's free part
+            sliding_tokens = context_tokens + window + RECORD_BLOCK - 1 if self.record_sliding_past else window
         return batch_size * (context_tokens * self.kv_bytes_per_token_full
                              + sliding_tokens * self.kv_bytes_per_token_sliding)
 
@@ -303,7 +318,9 @@ class MemoryEstimate:
             f"  weights  {g(self.weights_bytes)} GiB",
             f"  KV cache {g(self.kv_cache_bytes)} GiB  ({kv_how})",
             f"  logits   {g(self.logits_bytes)} GiB  (B x V={self.vocab_size} float32, {LOGITS_FP32_COPIES} copies)",
-            f"  total    {g(self.total_bytes)} GiB  (activations not included)",
+            (f"  attention{g(self.attention_bytes)} GiB  ({self.attn_implementation}: one layer's transient at "
+             f"{self.context_tokens} tokens)"),
+            f"  total    {g(self.total_bytes)} GiB  (other activations not included)",
         ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -314,7 +331,8 @@ class MemoryEstimate:
     def summary(self) -> str:
         """One line: total and parts in GiB."""
         return (f"{self.total_bytes / GiB:.1f} GiB (weights {self.weights_bytes / GiB:.1f} + KV cache "
-                f"{self.kv_cache_bytes / GiB:.1f} + logits {self.logits_bytes / GiB:.2f}) at batch "
+                f"{self.kv_cache_bytes / GiB:.1f} + logits {self.logits_bytes / GiB:.2f} + attention "
+                f"{self.attention_bytes / GiB:.1f}) at batch "
                 f"{self.batch_size} x {self.context_tokens} tokens")
 
 
@@ -352,8 +370,69 @@ def layer_kinds(config) -> tuple[int, int, int | None]:
     return n, 0, None
 
 
+def default_attention(config) -> str:
+    """The attention implementation Transformers gives ``config``'s model when none is asked:
+    ``sdpa`` where the architecture supports it, else ``eager`` (gpt-oss: its attention sinks)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+    except (KeyError, ValueError):
+        return "sdpa"
+    return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+
+
+def _attention_shape(config) -> tuple[int, int, int, int | None]:
+    """(query heads, key/value heads, head dim, the window of every layer if all are sliding)."""
+    c = _text_config(config)
+    n_full, _, window = layer_kinds(config)
+    nq = c.num_attention_heads
+    nkv = getattr(c, "num_key_value_heads", None) or nq
+    hd = getattr(c, "head_dim", None) or c.hidden_size // nq
+    return nq, nkv, hd, (None if n_full else window)
+
+
+def attention_transient_bytes(config, attn_implementation: str, batch_size: int, context_tokens: int,
+                              esize: int) -> int:
+    """Bytes one attention layer allocates, beside the KV cache, in a forward pass that attends
+    over ``context_tokens`` positions (``esize`` bytes an element), for Transformers 5.23-5.24:
+
+    - every implementation: the cache's ``torch.cat`` copy of the layer's keys and values,
+      ``2 B H_kv C D``;
+    - ``eager`` (every step) and ``sdpa`` (a padded multi-token prefill; a one-token decode step
+      packs the query heads instead): keys and values repeated to every query head,
+      ``2 B H_q C D``, when ``H_q > H_kv``;
+    - ``eager``: the scores, ``EAGER_SCORE_COPIES x B H_q q C`` for ``q`` query positions,
+      which the refinement loop keeps within ``2 B H_q C D`` by prefilling in chunks
+      (:func:`prefill_chunk`; a decode step has ``q = 1``).
+
+    Flash, flex and other kernels are counted with the cache copy only. Layers run one after
+    another: this is the peak, not a sum over layers.
+    """
+    nq, nkv, hd, window = _attention_shape(config)
+    C = min(context_tokens, window) if window else context_tokens
+    per_head = 2 * batch_size * C * hd * esize  # keys and values of one head
+    total = nkv * per_head
+    if attn_implementation in ("eager", "sdpa") and nq > nkv:
+        total += nq * per_head
+    if attn_implementation == "eager":
+        total += nq * per_head
+    return total
+
+
+def prefill_chunk(config, batch_size: int, context_tokens: int, budget_tokens: int, esize: int) -> int:
+    """Query positions a chunk of an eager-attention prefill may hold at ``context_tokens`` so that
+    its scores (``EAGER_SCORE_COPIES x B H_q q C``) stay within what
+    :func:`attention_transient_bytes` reserves for them at ``budget_tokens`` (the run's longest
+    context): ``floor(2 D budget / (EAGER_SCORE_COPIES C))``, at least 1."""
+    _, _, hd, window = _attention_shape(config)
+    C = min(context_tokens, window) if window else context_tokens
+    budget = min(budget_tokens, window) if window else budget_tokens
+    return max(1, (2 * hd * budget) // (EAGER_SCORE_COPIES * max(C, 1)))
+
+
 def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", batch_size: int = 1,
-                    context_tokens: int, record_sliding_past: bool = True,
+                    context_tokens: int, record_sliding_past: bool = True, attn_implementation: str | None = None,
                     trust_remote_code: bool = False) -> MemoryEstimate:
     """Estimate the memory of ``config``'s model for a batch of ``batch_size`` sequences of
     ``context_tokens`` tokens each (prompt + generated), in bytes.
@@ -377,6 +456,8 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
         record_sliding_past: sliding-window layers keep every token (True: what the refinement
             loop's cache does, ``tje_hf.generation.kvcache.new_cache``, so that caches can be cut back) or
             only their last ``window - 1`` (False: a plain ``generate``).
+        attn_implementation: the model's attention (``eager``, ``sdpa``, ...; default
+            :func:`default_attention`), for :func:`attention_transient_bytes`.
         trust_remote_code: passed on when the model is built on the meta device.
 
     Raises:
@@ -446,9 +527,12 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
         weights_bytes_if_4bit=math.ceil(bnb4(counts)) + counts.buffer_bytes, notes=tuple(notes))
     kv = est.kv_bytes(batch_size, context_tokens)
     logits = batch_size * est.vocab_size * (4 * LOGITS_FP32_COPIES + esize)
+    attn = attn_implementation or default_attention(config)
+    attention = attention_transient_bytes(config, attn, batch_size, context_tokens, esize)
     from dataclasses import replace
 
-    return replace(est, kv_cache_bytes=kv, logits_bytes=logits, total_bytes=weights + kv + logits)
+    return replace(est, kv_cache_bytes=kv, logits_bytes=logits, attention_bytes=attention, attn_implementation=attn,
+                   total_bytes=weights + kv + logits + attention)
 
 
 def effective_quantization(requested: str, config, *, cuda: bool | None = None,
@@ -558,10 +642,10 @@ def check_fits(estimate: MemoryEstimate, device: str | torch.device | None = Non
         return budget
     gib = lambda b: f"{b / GiB:.1f}"
     advice = []
-    per_seq = (e.kv_cache_bytes + e.logits_bytes) / e.batch_size
+    per_seq = (e.kv_cache_bytes + e.logits_bytes + e.attention_bytes) / e.batch_size
     w4 = e.weights_bytes_if_4bit
     helps4 = e.quantization != "4bit" and w4 < 0.8 * e.weights_bytes
-    fits4 = w4 + e.kv_cache_bytes + e.logits_bytes <= usable
+    fits4 = w4 + e.kv_cache_bytes + e.logits_bytes + e.attention_bytes <= usable
     if e.weights_bytes >= usable:  # the weights alone: quantise, spread, or a bigger GPU
         if helps4:
             advice.append(f"model.quantization: 4bit (weights ~{gib(w4)} GiB"
@@ -571,7 +655,9 @@ def check_fits(estimate: MemoryEstimate, device: str | torch.device | None = Non
         max_batch = int((usable - e.weights_bytes) // per_seq) if per_seq > 0 else 0
         if 1 <= max_batch < e.batch_size:
             advice.append(f"batch_size <= {max_batch}")
-        per_token = e.kv_bytes(e.batch_size, e.context_tokens + 1) - e.kv_cache_bytes
+        # the attention transient grows with the context too (at most linearly)
+        per_token = e.kv_bytes(e.batch_size, e.context_tokens + 1) - e.kv_cache_bytes \
+            + e.attention_bytes / e.context_tokens
         if per_token > 0:
             max_ctx = int((usable - e.weights_bytes - e.logits_bytes) // per_token)
             if 1 <= max_ctx < e.context_tokens:
@@ -631,7 +717,8 @@ def preflight(source: str, spec, *, device: str | None = None, device_map: str |
     if max_ctx:
         context = min(context, max_ctx)
     est = estimate_memory(config, dtype=spec.dtype, quantization=quant, batch_size=batch_size, context_tokens=context,
-                          record_sliding_past=True, trust_remote_code=bool(kwargs.get("trust_remote_code")))
+                          record_sliding_past=True, attn_implementation=spec.attn_implementation,
+                          trust_remote_code=bool(kwargs.get("trust_remote_code")))
     log.info("%s\n%s", spec.name_or_path, est.table())
     budget = check_fits(est, device, device_map=device_map)
     log.info("fits: needs %s; %s has %.1f GiB free", est.summary(), budget.where, budget.available_bytes / GiB)
@@ -697,11 +784,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantization", default="none", choices=QUANTIZATIONS)
     p.add_argument("--no-record-sliding-past", action="store_true",
                    help="sliding layers keep only their window (a plain generate, not the refinement loop)")
+    p.add_argument("--attn", default=None, metavar="IMPL",
+                   help="attention implementation (eager, sdpa, flash_attention_2, ...; default: what "
+                        "Transformers picks, sdpa where the model supports it, else eager: gpt-oss)")
     args = p.parse_args(argv)
     try:
         est = estimate_memory(reference_config(args.model), dtype=args.dtype, quantization=args.quantization,
                               batch_size=args.batch, context_tokens=args.context,
-                              record_sliding_past=not args.no_record_sliding_past)
+                              record_sliding_past=not args.no_record_sliding_past, attn_implementation=args.attn)
     except ValueError as exc:
         p.error(str(exc))
     print(est.table())
