@@ -90,7 +90,7 @@ def compare(name, model, cache, record_sliding_past=True):
 def test_smollm2_estimate_matches_measured(smollm2):
     est, _ = compare("smollm2", smollm2.model, run_generate(smollm2.model, smollm2.tokenizer, new_cache(smollm2.model)))
     assert est.n_sliding_layers == 0 and est.logits_bytes > 0
-    assert est.total_bytes == est.weights_bytes + est.kv_cache_bytes + est.logits_bytes + est.attention_bytes
+    assert est.total_bytes == est.weights_bytes + est.kv_cache_bytes + est.logits_bytes + est.activation_bytes
     # sdpa, 9 query heads over 3 key/value heads of 64: the cache's copy and the repeated keys and
     # values of one layer at the last context (2 sequences, float32)
     assert est.attention_bytes == 2 * BATCH * (3 + 9) * (PROMPT + NEW - 1) * 64 * 4
@@ -265,6 +265,13 @@ def test_paper_models_at_batch_16_x_16k():
     assert mxfp4.attn_implementation == "eager" and qwen.attn_implementation == "sdpa"
     assert mxfp4.attention_bytes == 2 * 16 * 16384 * 64 * 2 * (8 + 64 + 64)
     assert qwen.attention_bytes == 2 * 16 * 16384 * 128 * 2 * (4 + 32)
+    # On a GPU, bf16 experts decode with batched_mm: a copy of each selected expert (gate_up
+    # 2 x 768 x 2048 and down 2048 x 768) for each of 16 x 8 (token, expert) pairs; MXFP4 runs its
+    # own kernel, and the CPU keeps grouped_mm
+    assert qwen.experts_bytes == 16 * 8 * 3 * 768 * 2048 * 2 and mxfp4.experts_bytes == 0
+    assert estimate_memory(reference_config("qwen3-30b-a3b"), dtype="bfloat16", device_type="cpu",
+                           **kw).experts_bytes == 0
+    assert qwen.total_bytes == qwen.weights_bytes + qwen.kv_cache_bytes + qwen.logits_bytes + qwen.attention_bytes
     assert qwen.kv_cache_bytes == 24 * GiB
     assert 0 < bf16.logits_bytes < 0.2 * GiB
     assert "records their past" in bf16.table() and "keep 127 tokens" in window.table()

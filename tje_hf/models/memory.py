@@ -263,7 +263,8 @@ def _count_analytic(config) -> ParamCounts:
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a model needs for one batch of ``batch_size`` sequences of ``context_tokens`` tokens
-    (prompt + generated, per sequence). ``total_bytes = weights + kv_cache + logits + attention``.
+    (prompt + generated, per sequence). ``total_bytes = weights + kv_cache + logits + activation``
+    (``activation_bytes``: the larger of the attention's and the MoE experts' transients).
 
     ``kv_bytes_per_token_full`` / ``_sliding``: KV bytes of one token of one sequence, summed over
     the layers that keep every token / over the sliding-window layers. ``weights_bytes_if_4bit``:
@@ -290,7 +291,13 @@ class MemoryEstimate:
     weights_bytes_if_4bit: int
     notes: tuple[str, ...] = ()
     attention_bytes: int = 0  # one layer's transient at the longest context (attention_transient_bytes)
+    experts_bytes: int = 0  # one MoE layer's transient at a decoding step (experts_transient_bytes)
     attn_implementation: str = "sdpa"
+
+    @property
+    def activation_bytes(self) -> int:
+        """The transient counted in the total: the larger of the attention's and the experts'."""
+        return max(self.attention_bytes, self.experts_bytes)
 
     def kv_bytes(self, batch_size: int, context_tokens: int) -> int:
         """The KV cache at another batch size / context (same model and settings)."""
@@ -320,6 +327,7 @@ class MemoryEstimate:
             f"  logits   {g(self.logits_bytes)} GiB  (B x V={self.vocab_size} float32, {LOGITS_FP32_COPIES} copies)",
             (f"  attention{g(self.attention_bytes)} GiB  ({self.attn_implementation}: one layer's transient at "
              f"{self.context_tokens} tokens)"),
+            f"  experts  {g(self.experts_bytes)} GiB  (one MoE layer's decoding transient; the total counts the larger)",
             f"  total    {g(self.total_bytes)} GiB  (other activations not included)",
         ]
         lines += [f"  note: {n}" for n in self.notes]
@@ -331,8 +339,8 @@ class MemoryEstimate:
     def summary(self) -> str:
         """One line: total and parts in GiB."""
         return (f"{self.total_bytes / GiB:.1f} GiB (weights {self.weights_bytes / GiB:.1f} + KV cache "
-                f"{self.kv_cache_bytes / GiB:.1f} + logits {self.logits_bytes / GiB:.2f} + attention "
-                f"{self.attention_bytes / GiB:.1f}) at batch "
+                f"{self.kv_cache_bytes / GiB:.1f} + logits {self.logits_bytes / GiB:.2f} + activations "
+                f"{self.activation_bytes / GiB:.1f}) at batch "
                 f"{self.batch_size} x {self.context_tokens} tokens")
 
 
@@ -420,6 +428,22 @@ def attention_transient_bytes(config, attn_implementation: str, batch_size: int,
     return total
 
 
+def experts_transient_bytes(config, counts: ParamCounts, quantization: str, batch_size: int, esize: int,
+                            device_type: str = "cuda") -> int:
+    """Bytes one MoE layer allocates at a decoding step beside its input: on a GPU, Transformers
+    5.23-5.24 decode MoE experts held in the compute dtype with ``batched_mm``, which gathers a
+    copy of every selected expert's weights for every (token, expert) pair, ``B x top_k x
+    (expert parameters) x esize`` (gpt-oss's experts in MXFP4 and FP8 experts run their own
+    kernels, and the CPU keeps ``grouped_mm``: none)."""
+    c = _text_config(config)
+    n_experts = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or 0
+    top_k = getattr(c, "num_experts_per_tok", None) or 0
+    if not (n_experts and top_k and counts.fused_experts) or device_type == "cpu" or quantization in ("mxfp4", "fp8"):
+        return 0
+    per_expert = counts.fused_experts // (c.num_hidden_layers * n_experts)
+    return batch_size * top_k * per_expert * esize
+
+
 def prefill_chunk(config, batch_size: int, context_tokens: int, budget_tokens: int, esize: int) -> int:
     """Query positions a chunk of an eager-attention prefill may hold at ``context_tokens`` so that
     its scores (``EAGER_SCORE_COPIES x B H_q q C``) stay within what
@@ -433,7 +457,7 @@ def prefill_chunk(config, batch_size: int, context_tokens: int, budget_tokens: i
 
 def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", batch_size: int = 1,
                     context_tokens: int, record_sliding_past: bool = True, attn_implementation: str | None = None,
-                    trust_remote_code: bool = False) -> MemoryEstimate:
+                    device_type: str = "cuda", trust_remote_code: bool = False) -> MemoryEstimate:
     """Estimate the memory of ``config``'s model for a batch of ``batch_size`` sequences of
     ``context_tokens`` tokens each (prompt + generated), in bytes.
 
@@ -458,6 +482,8 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
             only their last ``window - 1`` (False: a plain ``generate``).
         attn_implementation: the model's attention (``eager``, ``sdpa``, ...; default
             :func:`default_attention`), for :func:`attention_transient_bytes`.
+        device_type: where it runs (``cuda`` or ``cpu``): decides the MoE experts' decoding
+            kernel (:func:`experts_transient_bytes`).
         trust_remote_code: passed on when the model is built on the meta device.
 
     Raises:
@@ -529,10 +555,12 @@ def estimate_memory(config, *, dtype: Any = "auto", quantization: str = "none", 
     logits = batch_size * est.vocab_size * (4 * LOGITS_FP32_COPIES + esize)
     attn = attn_implementation or default_attention(config)
     attention = attention_transient_bytes(config, attn, batch_size, context_tokens, esize)
+    experts = experts_transient_bytes(config, counts, quantization, batch_size, esize, device_type)
     from dataclasses import replace
 
-    return replace(est, kv_cache_bytes=kv, logits_bytes=logits, attention_bytes=attention, attn_implementation=attn,
-                   total_bytes=weights + kv + logits + attention)
+    # attention and MoE run one after the other: the larger of the two transients is the peak
+    return replace(est, kv_cache_bytes=kv, logits_bytes=logits, attention_bytes=attention, experts_bytes=experts,
+                   attn_implementation=attn, total_bytes=weights + kv + logits + max(attention, experts))
 
 
 def effective_quantization(requested: str, config, *, cuda: bool | None = None,
@@ -642,10 +670,10 @@ def check_fits(estimate: MemoryEstimate, device: str | torch.device | None = Non
         return budget
     gib = lambda b: f"{b / GiB:.1f}"
     advice = []
-    per_seq = (e.kv_cache_bytes + e.logits_bytes + e.attention_bytes) / e.batch_size
+    per_seq = (e.kv_cache_bytes + e.logits_bytes + e.activation_bytes) / e.batch_size
     w4 = e.weights_bytes_if_4bit
     helps4 = e.quantization != "4bit" and w4 < 0.8 * e.weights_bytes
-    fits4 = w4 + e.kv_cache_bytes + e.logits_bytes + e.attention_bytes <= usable
+    fits4 = w4 + e.kv_cache_bytes + e.logits_bytes + e.activation_bytes <= usable
     if e.weights_bytes >= usable:  # the weights alone: quantise, spread, or a bigger GPU
         if helps4:
             advice.append(f"model.quantization: 4bit (weights ~{gib(w4)} GiB"
@@ -657,7 +685,7 @@ def check_fits(estimate: MemoryEstimate, device: str | torch.device | None = Non
             advice.append(f"batch_size <= {max_batch}")
         # the attention transient grows with the context too (at most linearly)
         per_token = e.kv_bytes(e.batch_size, e.context_tokens + 1) - e.kv_cache_bytes \
-            + e.attention_bytes / e.context_tokens
+            + e.activation_bytes / e.context_tokens
         if per_token > 0:
             max_ctx = int((usable - e.weights_bytes - e.logits_bytes) // per_token)
             if 1 <= max_ctx < e.context_tokens:
@@ -689,6 +717,13 @@ def default_context(config, cap: int = 32768) -> int:
     return min(model_context(config) or cap, cap)
 
 
+def _target_type(device, device_map) -> str:
+    """``cuda`` or ``cpu``: where a load with ``device`` / ``device_map`` puts the model."""
+    if device_map in _SPREAD:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device_map or device or ("cuda" if torch.cuda.is_available() else "cpu")).type
+
+
 def preflight(source: str, spec, *, device: str | None = None, device_map: str | None = None, batch_size: int = 1,
               context_tokens: int | None = None, config_kwargs: dict | None = None) -> MemoryEstimate | None:
     """Read ``source``'s config, log the memory estimate for ``batch_size`` x ``context_tokens``
@@ -718,6 +753,7 @@ def preflight(source: str, spec, *, device: str | None = None, device_map: str |
         context = min(context, max_ctx)
     est = estimate_memory(config, dtype=spec.dtype, quantization=quant, batch_size=batch_size, context_tokens=context,
                           record_sliding_past=True, attn_implementation=spec.attn_implementation,
+                          device_type=_target_type(device, device_map),
                           trust_remote_code=bool(kwargs.get("trust_remote_code")))
     log.info("%s\n%s", spec.name_or_path, est.table())
     budget = check_fits(est, device, device_map=device_map)
