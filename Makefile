@@ -40,6 +40,7 @@ bench: $(STAMP)  # the commands behind the README's Performance figures (about 1
 	$(PY) scripts/bench_refine.py --history continuation --tokens 256 --reps 2 \
 		--out bench_results/refine_continuation.json
 	$(PY) scripts/bench_viewer.py
+	$(PY) scripts/bench_sliding_cache.py --contexts 4096 13312 --steps 16 --reps 3
 
 clean:
 	rm -rf $(VENV) .venv-vllm
