@@ -3,13 +3,15 @@
 # settings: tje_hf/configs/runs/gpt-oss-20b_*.yaml: 4 refinement steps of at most 8192 new tokens, policy
 # "all", temperature 0.7, batch 16), then one report per run and a comparison of the three.
 #
-# GPU memory (tje_hf.models.memory; `python -m tje_hf.models.memory gpt-oss-20b --batch 16 --context 16384
-# --quantization mxfp4`; 16k tokens per sequence bounds prompt + earlier answers + 8192 new):
-#   MXFP4 (needs CUDA, triton >= 3.4 and `kernels`):  weights 12.8 GiB + KV cache 12.0 GiB
-#     (24 layers x 48 KiB/token; the 12 sliding-window layers are kept at full length because the
-#     refinement loop records their past) + logits 0.1 GiB = 24.9 GiB -> one 40 GB GPU or larger.
-#   Without the MXFP4 kernels Transformers dequantises to bf16: 39.0 + 12.0 + 0.1 = 51.1 GiB
-#     -> an 80 GB GPU. Activations (eager attention) come on top: keep ~10 % free.
+# GPU memory (`python -m tje_hf.models.memory gpt-oss-20b --batch 16 --context 16384 --quantization
+# mxfp4`, printed first; totals include one attention layer's transient):
+#   MXFP4 (needs CUDA, triton >= 3.4 and `kernels`): weights 12.8 GiB + KV cache 12.1 GiB (the
+#     sliding-window layers keep their whole past: the refinement loop records it) + attention
+#     8.5 GiB + logits 0.1 GiB = 33.5 GiB at 16,384 tokens a sequence (prompt + earlier answers +
+#     8192 new). `tje run` checks the longest conversation, 34,816 tokens: 56.5 GiB, which passes
+#     with >= 62.9 GiB free: one 80 GB GPU; on a 48 GB card use batch_size=10 (40.1 GiB).
+#   Without the MXFP4 kernels Transformers dequantises to bf16: 82.7 GiB at 34,816 tokens -> one
+#     H200, or batch_size=11 on one 80 GB GPU (69.0 GiB).
 #
 # Wall time: tokens / throughput. Assumed: Transformers' eager decode at batch 16 takes ~60 ms a
 # step on one H100/H200 (launch-bound; replace with the batch-32 ms/step that

@@ -4,13 +4,15 @@
 # (tje_hf/configs/runs/llama-3.3-70b-instruct_*.yaml: 4 refinement steps of at most 8192 new tokens,
 # policy "all", temperature 0.7, batch 16, device_map auto), then one report per run and a comparison.
 #
-# GPU memory (tje_hf.models.memory; `python -m tje_hf.models.memory llama-3.3-70b --batch 16 --context 16384`;
-# 16k tokens per sequence bounds prompt + earlier answers, which this family keeps whole, + 8192 new):
-#   bf16: weights 131.4 GiB + KV cache 80.0 GiB (80 layers x 320 KiB/token) + logits 0.1 GiB
-#     = 211.5 GiB -> two H200 or three/four 80 GB GPUs (device_map auto).
-#   model.quantization=4bit: weights 39.8 GiB, but the KV cache still needs 80 GiB at batch 16:
-#     119.8 GiB -> one H200; on one 80 GB GPU use batch_size=6 (39.8 + 30.0 = 69.8 GiB; batch 8
-#     would need 79.8 GiB). Keep ~10 % free for activations.
+# GPU memory (`python -m tje_hf.models.memory llama-3.3-70b --batch 16 --context 16384`, printed
+# first; totals include one attention layer's transient):
+#   bf16: weights 131.4 GiB + KV cache 80.0 GiB + attention 9.0 GiB + logits 0.1 GiB = 220.5 GiB at
+#     16,384 tokens a sequence (prompt + earlier answers, which this family keeps whole, + 8192 new).
+#     `tje run` checks the longest conversation, 34,816 tokens: 320.6 GiB, which passes with
+#     >= 356.3 GiB free: three H200 or five 80 GB GPUs (device_map auto).
+#   model.quantization=4bit: weights 39.8 GiB, but the KV cache is unchanged: 229.0 GiB at 34,816
+#     tokens (>= 254.4 GiB free: two H200 or four 80 GB GPUs); on one H200 use batch_size=7
+#     (122.5 GiB), on one 80 GB GPU batch_size=2 (63.4 GiB).
 #
 # Wall time: tokens / throughput. Assumed: ~110 ms a decode step at batch 16 (80 layers; the
 # GPUs of device_map auto work one after another) = ~145 tokens/s; assumed mean tokens per step
@@ -21,7 +23,7 @@
 #   longest row stops: at worst ceil(problems / 16) x 4 steps x 8192 steps x 110 ms = ~17 h.
 # Runs resume where they stopped: run this script again after an interruption.
 #
-# Extra arguments go to every `tje run` as overrides, e.g. `model.quantization=4bit batch_size=8`.
+# Extra arguments go to every `tje run` as overrides, e.g. `model.quantization=4bit batch_size=2`.
 set -euo pipefail
 MODELS=(llama-3.3-70b-instruct)
 MEMORY_ARGS=(llama-3.3-70b --batch 16 --context 16384)
