@@ -203,7 +203,10 @@ def generate_with_entropy(
         config: max_new_tokens, min_new_tokens, temperature (0 = greedy), top_p, top_k,
             repetition_penalty, seed, signals (ks, trace, alternatives) and the stop rules.
         seeds: one 32-bit sampling seed per prompt; default ``derive_seed(config.seed, row)``.
-            A row's tokens depend on its seed only, not on the rest of the batch.
+            A row's sampling noise depends on its seed only, not on the rest of the batch. Its
+            tokens are batch-independent where its logits are (float32 on a CPU, tested); on a GPU
+            in bf16 the batch changes the logits' last bits, and so can change the tokens from the
+            first near-tie on (:mod:`tje_hf.generation.sampling`).
         segment_rules: where reasoning ends and the answer begins (``tje_hf.models.families``).
         template_kwargs: extra chat-template arguments (e.g. ``reasoning_effort``).
         token_budget: per-row token budgets (overrides ``config.token_budget``).

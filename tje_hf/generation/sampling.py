@@ -1,4 +1,4 @@
-"""Per-row seeded sampling that does not depend on what else is in the batch.
+"""Per-row seeded sampling whose noise does not depend on what else is in the batch.
 
 ``torch.multinomial`` draws from one global generator, so a problem's sample depends on which
 other problems share its batch, and a resumed or sharded run would not reproduce an
@@ -7,6 +7,12 @@ hash of ``(row seed, step, token id)`` to the final (temperature / top-k / top-p
 scores; ``argmax(scores + Gumbel)`` is an exact sample from ``softmax(scores)`` (the Gumbel-max
 trick), and ``generate`` runs in greedy mode to take that argmax. The hash is integer arithmetic,
 so the noise is the same on every device and for every batch composition.
+
+The sampled tokens are batch-invariant only where the scores are. In float32 on a CPU the tests
+find them so (a resumed or sharded run gives the tokens of an uninterrupted one). On a GPU in
+bf16, the batch size, the padding width and MoE expert grouping change the logits' last bits, so a
+row decoded in another batch is an equally valid sample that may differ from the first near-tie
+on; batch 1 with the same prompt, on the same GPU and software versions, gives the same tokens.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def all_signals(logits: torch.Tensor, ks: tuple[int, ...], deepconf_k: int = DEE
     s = e.sum(-1)  # (...,) >= 1 for a valid row
     log_s = torch.log(s)
     lse = m.squeeze(-1) + log_s
-    ez = torch.linalg.vecdot(e, z)  # sum e*z in one kernel
+    ez = torch.linalg.vecdot(e, z)  # sum e*z: a mul and a sum, with a (..., V) temporary
     n_masked = (z <= _MASKED).sum(-1)
     n_finite = (V - n_masked).clamp(min=1).to(x.dtype)
     mean_z = (z.sum(-1) - _MASKED * n_masked) / n_finite  # the mean over finite entries only

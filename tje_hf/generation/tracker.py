@@ -110,7 +110,8 @@ class EntropyTracker(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Observe ``scores`` ``(B, V)`` (raw logits when placed first); return them unchanged."""
-        # Written for few kernels: on a CPU every tensor op here adds its dispatch to the step.
+        # This call makes about 90 tensor ops a step (every signal, the trace, 5 alternatives), each
+        # a dispatch on a CPU or a kernel launch on a GPU that adds to the step: add none without need.
         step = self.calls
         self.calls += 1
         if step == 0:

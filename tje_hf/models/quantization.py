@@ -12,8 +12,10 @@ What Transformers 5.23-5.24 do with a pre-quantised checkpoint (read in their so
   (every ``nn.Linear`` but the skipped ones, and the fused MoE experts) on a CUDA GPU of compute
   capability >= 8.9; on an older GPU or without CUDA, dequantised to bf16. The FP8 matmuls run
   the ``kernels-community/finegrained-fp8`` Triton kernel that the ``kernels`` package fetches
-  from the Hugging Face Hub on first use (or DeepGEMM on Hopper/Blackwell, also through
-  ``kernels``): without ``kernels`` the model loads and the first forward pass fails.
+  from the Hugging Face Hub on first use: without ``kernels`` the model loads and the first
+  forward pass fails. On Hopper/Blackwell they run DeepGEMM instead (also through ``kernels``)
+  only when it can be compiled: ``CUDA_HOME`` must hold an nvcc >= 12.3 (Hopper) or >= 12.9
+  (Blackwell) (``transformers/integrations/deepgemm.py``); a pip-only install runs the Triton kernel.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def quantization_config(spec: ModelSpec):
         missing = missing_mxfp4_kernels()
         if missing or not torch.cuda.is_available():
             log.warning("MXFP4 kernels unavailable (%s); gpt-oss weights will be dequantised to bf16 "
-                        "(about 42 GB for gpt-oss-20b, 130 GB for gpt-oss-120b)",
+                        "(weights about 39.0 GiB for gpt-oss-20b, 217.6 GiB for gpt-oss-120b)",
                         "no CUDA" if not torch.cuda.is_available() else "missing " + ", ".join(missing))
         return None  # the checkpoint's own quantization_config applies
     if spec.quantization == "fp8":
