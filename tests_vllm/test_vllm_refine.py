@@ -33,7 +33,7 @@ def tokenizer(tiny_model):
 
 @pytest.fixture
 def templated_backend(backend, tokenizer):
-    """The session's engine with the chat-template tokenizer (decoding is the same)."""
+    """The engine built once for the whole test run with the chat-template tokenizer (decoding is the same)."""
     backend.tokenizer = tokenizer
     yield backend
     backend.tokenizer = None  # back to the engine's own
