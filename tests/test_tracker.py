@@ -213,3 +213,27 @@ def test_no_host_sync_in_tracker_or_criteria(smollm2, monkeypatch):
     out = generate_with_entropy(smollm2.model, smollm2.tokenizer, PROMPTS[:2], config)
     assert sum(r.n_generated for r in out.results) > 2
     assert calls["n"] == 0
+
+
+def test_eos_check_never_sorts():
+    """A model may name many end-of-turn ids. ``torch.isin`` sorts (``_unique``, a read back to the
+    host on CUDA) once its second argument has more than about 10 x B^0.145 entries; the tracker's
+    EOS check is a plain comparison whatever their number, and agrees with set membership."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    eos = list(range(0, 400, 10))  # 40 ids
+    tracker = EntropyTracker(16, 4, KS, eos, "cpu")
+    token = torch.arange(0, 160, 10) + torch.tensor([0, 1] * 8)  # every other row an EOS id
+    with Ops() as ops:
+        hit = tracker.is_eos(token)
+    assert hit.tolist() == [int(t) in set(eos) for t in token]
+    assert not any(name.split(".")[1] in ("isin", "sort", "_unique", "_unique2", "unique_dim") for name in ops.names)

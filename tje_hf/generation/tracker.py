@@ -180,7 +180,9 @@ class EntropyTracker(LogitsProcessor):
         return self._pending[:, column]
 
     def is_eos(self, token: torch.Tensor) -> torch.Tensor:
-        return torch.isin(token, self.eos)
+        """``(B,)`` bool: the token ends its row. A comparison with every EOS id, not ``torch.isin``,
+        which sorts (and reads the device back) once the EOS set is large."""
+        return (token[:, None] == self.eos[None, :]).any(-1)
 
     def mark_stopped(self, rows: torch.Tensor, code: int) -> None:
         """Rows ``(B,)`` bool stopped by a criterion after the token just sampled."""
