@@ -140,6 +140,24 @@ def observer_first(model, observer) -> Iterator[None]:
         del model._get_logits_processor  # back to the class method
 
 
+@contextlib.contextmanager
+def own_cache(model, passed: bool) -> Iterator[None]:
+    """Within the block, when ``passed`` (tje_hf hands ``generate`` its own cache), the model's
+    generation config names no cache implementation: a checkpoint may (Gemma's "static"), and
+    ``generate`` refuses one beside a cache. It fills every unset field of the call's config from
+    the model's, so the model's own is cleared for the call and restored after."""
+    config = model.generation_config
+    named = getattr(config, "cache_implementation", None)
+    if not passed or named is None:
+        yield
+        return
+    config.cache_implementation = None
+    try:
+        yield
+    finally:
+        config.cache_implementation = named
+
+
 def build_generation_config(model, decode: DecodeConfig, max_new_tokens: int, pad_id: int) -> GenerationConfig:
     """The model's generation config with our decoding settings. Sampling itself is done by
     :class:`SeededSampler`, so ``generate`` always runs greedy (``do_sample=False``); the model's
@@ -304,13 +322,11 @@ def generate_batch(
         gen_config.use_cache = True  # chunks extend a cache
     if cache is not None:
         gen_config.use_cache = True  # a checkpoint may ship use_cache: false; reuse needs the cache filled
-        # A checkpoint may name a cache class (Gemma's "static"), which generate refuses beside a cache.
-        # A None in the config would be filled from the model's again: only a keyword overrides it.
-        kwargs["cache_implementation"] = None
+        gen_config.cache_implementation = None  # and the model's, for the call: own_cache
     sync_device(device)
     start = time.perf_counter()
     tracker.start_clock()
-    with observer_first(model, tracker), torch.inference_mode():
+    with observer_first(model, tracker), own_cache(model, cache is not None), torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
                              logits_processor=processors, stopping_criteria=criteria, **kwargs)
     tracker.finalize(out.sequences, L)
