@@ -190,7 +190,7 @@ def test_every_class_and_rule_has_a_row():
      "config field 'model.reasoning_effort' = 'max': must be one of ['low', 'medium', 'high']"),
     ("decode.temprature=0.5",
      ("unknown config key 'decode.temprature' (known keys of 'decode.': max_new_tokens, min_new_tokens, "
-      "repetition_penalty, seed, signals, temperature, token_budget, top_k, top_p, window_stop)")),
+      "repetition_penalty, sampler, seed, signals, temperature, token_budget, top_k, top_p, window_stop)")),
     ("decode.top_p.x=1", "config field 'decode.top_p' = {'x': 1}: expected a number"),
 ])
 def test_override_messages(override, message):

@@ -202,6 +202,9 @@ class DecodeConfig(_Validated):
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int = 0
+    # How a seed becomes tokens (the HF backend's tje_hf.generation.sampling.SAMPLER), recorded so
+    # that a run is never resumed with another sampler: the same seed draws other tokens there.
+    sampler: Literal["inverse-cdf"] = "inverse-cdf"
     signals: SignalConfig = field(default_factory=SignalConfig)
     window_stop: WindowStopConfig | None = None
     token_budget: int | None = None

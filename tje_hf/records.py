@@ -460,7 +460,7 @@ class RunDir:
     def open(cls, path: str | Path, config: dict, config_hash: str, *, overwrite: bool = False,
              records_name: str = RECORDS) -> RunDir:
         path = Path(path)
-        existing = _check_out_dir(path, config_hash, config.get(TASK_HASH_KEY), overwrite)  # refuses before any write
+        existing = _check_out_dir(path, config_hash, config.get(TASK_HASH_KEY), overwrite, config)  # refuses before any write
         if (path / records_name).is_file() and not (overwrite and existing is not None):
             # config.json may be gone (or replaced): the records say which config they belong to.
             # Without it --overwrite removes nothing (the directory is not marked as a run's).
@@ -667,9 +667,31 @@ def _other_run(existing: dict, config_hash: str, task_hash: str | None) -> str |
     return None
 
 
-def _check_out_dir(path: Path, config_hash: str, task_hash: str | None, overwrite: bool) -> dict | None:
+def config_diff(old: dict, new: dict, limit: int = 3) -> str:
+    """The fields in which two configs (as ``config.json`` holds them) differ, as one line:
+    ``decode.sampler: absent -> 'inverse-cdf'`` (the first ``limit``, then how many more)."""
+    missing = object()
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                if key != TASK_HASH_KEY:
+                    walk(a.get(key, missing), b.get(key, missing), f"{where}.{key}" if where else str(key))
+        elif a != b:
+            show = lambda v: "absent" if v is missing else repr(v)
+            changes.append(f"{where}: {show(a)} -> {show(b)}")
+
+    walk(old, new, "")
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return "; ".join(changes[:limit]) + more
+
+
+def _check_out_dir(path: Path, config_hash: str, task_hash: str | None, overwrite: bool,
+                   config: dict | None = None) -> dict | None:
     """The parsed ``config.json`` of ``path`` (None when it has none), after checking that this
-    config may write there; RunDirError (one line) otherwise. Reads only."""
+    config (``config``, as it will be written) may write there; RunDirError (one line) otherwise,
+    naming the fields that differ. Reads only."""
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path}: exists and is not a directory; choose another out_dir")
     cfg_file = path / CONFIG
@@ -683,9 +705,10 @@ def _check_out_dir(path: Path, config_hash: str, task_hash: str | None, overwrit
     if overwrite or other is None or not _has_results(path):
         return existing
     if existing.get("config_hash") != config_hash:
+        differs = config_diff(existing.get("config") or {}, config or {})
         raise RunDirError(
             f"{path} holds a run with config hash {existing.get('config_hash')}, but this config hashes "
-            f"to {config_hash}; use another out_dir, or --overwrite to start over")
+            f"to {config_hash}{f' ({differs})' if differs else ''}; use another out_dir, or --overwrite to start over")
     raise RunDirError(f"{path} holds a run over other problems: {other}; restore the task, use another out_dir, "
                       f"or --overwrite to start over")
 

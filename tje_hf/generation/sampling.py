@@ -1,18 +1,29 @@
-"""Per-row seeded sampling whose noise does not depend on what else is in the batch.
+"""Per-row seeded sampling that does not depend on what else is in the batch.
 
 ``torch.multinomial`` draws from one global generator, so a problem's sample depends on which
 other problems share its batch, and a resumed or sharded run would not reproduce an
-uninterrupted one. :class:`SeededSampler` instead adds Gumbel noise computed from a counter-based
-hash of ``(row seed, step, token id)`` to the final (temperature / top-k / top-p processed)
-scores; ``argmax(scores + Gumbel)`` is an exact sample from ``softmax(scores)`` (the Gumbel-max
-trick), and ``generate`` runs in greedy mode to take that argmax. The hash is integer arithmetic,
-so the noise is the same on every device and for every batch composition.
+uninterrupted one. :class:`SeededSampler` instead draws each row's token by inverse transform
+sampling with one uniform number per row and step, ``u = hash(row seed, step)``: the token ``i``
+whose interval ``[c_{i-1}, c_i)`` of the cumulative weights ``c`` holds ``u * c_V``. The weights are
+the processed distribution (after temperature, top-k and top-p) up to its normaliser,
+``w_i = exp(s_i - max s)`` in float32, accumulated in float64, so the draw is exact up to the
+float32 rounding of each weight (as ``torch.multinomial``'s is), and a masked token (``-inf``,
+weight 0) is never drawn. ``generate`` runs greedy: the sampler, last in the chain, marks the
+drawn token with ``+inf``.
 
-The sampled tokens are batch-invariant only where the scores are. In float32 on a CPU the tests
-find them so (a resumed or sharded run gives the tokens of an uninterrupted one). On a GPU in
-bf16, the batch size, the padding width and MoE expert grouping change the logits' last bits, so a
-row decoded in another batch is an equally valid sample that may differ from the first near-tie
-on; batch 1 with the same prompt, on the same GPU and software versions, gives the same tokens.
+The uniform is 53 bits from an integer hash (two MurmurHash3 finalisers of the seed and the step),
+so it is the same on every device and for every batch composition. The weights, their
+cumulative sum and the search are per row, and exact where the logits are: a row's token does not
+depend on its batch for float32 logits on a CPU (tested). On a GPU in bf16, batch size, padding
+and MoE grouping move the logits' last bits, so a resumed, re-batched or re-sharded run is an
+equally valid sample, not the same tokens from the first near-tie on (bitwise equality needs
+batch 1 with the same prompt on the same GPU and software).
+
+Cost per step, against Transformers' own sampling (softmax then ``torch.multinomial`` on the
+same logits): a maximum, one exponential and one cumulative sum over ``B x V``, a binary search
+per row and a write per row; ``scripts/bench_sampling.py`` measures it. The sampler's name is
+recorded in every run's config (``DecodeConfig.sampler``): tokens drawn by another sampler are
+never mixed into a run (docs/method.md, "Sampling").
 """
 
 from __future__ import annotations
@@ -20,10 +31,14 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
+#: The sampler :class:`SeededSampler` implements (``DecodeConfig.sampler``). The earlier one,
+#: "gumbel-hash" (Gumbel noise hashed per token), drew other tokens from the same seeds.
+SAMPLER = "inverse-cdf"
+
 _M32 = 0xFFFFFFFF
 
 
-def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
+def _mul32(a: torch.Tensor | int, c: int) -> torch.Tensor | int:
     """``(a * c) mod 2**32`` for int64 tensors (or Python ints) holding 32-bit values, without int64
     overflow."""
     lo = (a & 0xFFFF) * c
@@ -31,7 +46,7 @@ def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
     return (lo + hi) & _M32
 
 
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
+def _fmix32(h: torch.Tensor | int) -> torch.Tensor | int:
     """MurmurHash3's 32-bit finaliser on int64 tensors (or Python ints) holding 32-bit values."""
     h = h ^ (h >> 16)
     h = _mul32(h, 0x85EBCA6B)
@@ -40,21 +55,36 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def token_hashes(vocab: int, device: torch.device | str) -> torch.Tensor:
-    """``(V,)`` int64: a fixed 32-bit hash of every token id (computed once per vocabulary)."""
-    return _fmix32(_mul32(torch.arange(vocab, dtype=torch.int64, device=device), 0x9E3779B1))
+def row_uniforms(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """``(B,)`` float64 uniforms in (0, 1), 53 bits each, from row seeds ``(B,)`` and the step.
+
+    Integer arithmetic on ``B`` values (the step's hash is a Python int: no host-to-device copy
+    per step), so the same numbers on every device."""
+    key = _fmix32((seeds.to(torch.int64) ^ _fmix32(_mul32(step, 0x632BE5AB))) & _M32)
+    high = key >> 5  # 27 bits
+    low = _fmix32(key ^ 0x5BD1E995) >> 6  # 26 bits of a second hash
+    return ((high * (1 << 26) + low).double() + 0.5) / float(1 << 53)
 
 
-def uniform_noise(seeds: torch.Tensor, step: int, token_hash: torch.Tensor) -> torch.Tensor:
-    """``(B, V)`` float64 uniforms in (0, 1) from row seeds ``(B,)``, the step and ``token_hashes``."""
-    # The step's hash is a Python int (the same arithmetic as on tensors): no host-to-device copy per step.
-    key = _fmix32((seeds.to(torch.int64) ^ _fmix32(step * 0x632BE5AB & _M32)) & _M32)
-    h = _fmix32(token_hash[None, :] ^ key[:, None])
-    return (h.double() + 0.5) / 4294967296.0
+def draw(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``(B, 1)`` token ids drawn from ``softmax(scores)`` ``(B, V)`` with the uniforms ``u`` ``(B,)``.
+
+    Inverse transform: the first index whose cumulative weight exceeds ``u`` times the total. A
+    row with a NaN, or with no finite score, has no distribution: it gets some index in range
+    (the tracker flags such rows)."""
+    z = scores.float()
+    w = torch.exp(z - z.amax(-1, keepdim=True))  # (B, V) float32 in [0, 1]; -inf -> 0
+    c = torch.cumsum(w, -1, dtype=torch.float64)  # (B, V) float64, nondecreasing
+    target = u.to(c.device)[:, None] * c[:, -1:]  # (B, 1) in [0, c_V)
+    return torch.searchsorted(c, target, right=True).clamp_(max=scores.shape[-1] - 1)
 
 
 class SeededSampler(LogitsProcessor):
-    """Last processor in the chain: ``scores + Gumbel(seed, step)``; greedy argmax then samples.
+    """Last processor in the chain: draws each row's token with its own seed (module docstring)
+    and returns the scores with ``+inf`` at the drawn token, so that greedy decoding picks it.
+
+    It writes into the scores it is handed: they are the previous warper's output (temperature
+    always precedes it when sampling), not the model's logits, which the tracker observed first.
 
     Args:
         seeds: ``(B,)`` 32-bit row seeds, one per sequence.
@@ -63,12 +93,8 @@ class SeededSampler(LogitsProcessor):
     def __init__(self, seeds: torch.Tensor):
         self.seeds = seeds
         self.step = 0
-        self._token_hash: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._token_hash is None or self._token_hash.shape[0] != scores.shape[-1]:
-            self._token_hash = token_hashes(scores.shape[-1], scores.device)
-        u = uniform_noise(self.seeds.to(scores.device), self.step, self._token_hash)
+        u = row_uniforms(self.seeds.to(scores.device), self.step)
         self.step += 1
-        gumbel = -torch.log(-torch.log(u))
-        return scores + gumbel.to(scores.dtype)
+        return scores.scatter_(1, draw(scores, u), float("inf"))
