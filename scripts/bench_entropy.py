@@ -39,7 +39,7 @@ from types import SimpleNamespace
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from gpu_check import plain_generate, tracked_generate  # the GPU check times the same two calls
+from gpu_check import plain_generate as _plain_generate  # the GPU check times the same plain call
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy, load_model
 from tje_hf.generation.hf import build_generation_config, encode_prompts
@@ -53,6 +53,20 @@ QUESTIONS = [
     "How do vaccines work?", "Summarise the history of the printing press.",
     "Why is the sky blue?", "Give advice to a new programmer.",
 ]
+
+
+def plain_generate(model, tok, prompts, n: int) -> float:
+    """Wall seconds of one plain greedy ``model.generate`` of exactly ``n`` tokens."""
+    return _plain_generate(model, tok, prompts, n, "greedy")
+
+
+def tracked_generate(model, tok, prompts, n: int, full_vocab: bool = True) -> float:
+    """Wall seconds of one greedy ``generate_with_entropy`` of exactly ``n`` tokens (its own timer)."""
+    decode = DecodeConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.0,
+                          signals=SignalConfig(full_vocab=full_vocab))
+    out = generate_with_entropy(model, tok, prompts, decode)
+    assert all(r.n_generated == n for r in out.results), "the tracker did not count the forced tokens"
+    return out.wall_time_s
 
 
 ROOT = Path(__file__).resolve().parent.parent
