@@ -308,7 +308,9 @@ def generate_batch(
     sig = config.signals
     tracker = EntropyTracker(B, max_new, sig.ks, eos_token_ids(model, tokenizer), device,
                              segment_rules=segment_rules, trace=sig.trace,
-                             trace_alternatives=sig.trace_alternatives, full_vocab=sig.full_vocab)
+                             trace_alternatives=sig.trace_alternatives, full_vocab=sig.full_vocab,
+                             # tje_hf's warpers and sampler never write into the raw logits; a caller's might
+                             copy_logits=bool(logits_processor))
     processors = _processors(config, seeds, device, logits_processor)
     criteria = _criteria(config, tracker, token_budget, device)
     if room is not None:  # after the caller's budget: a row stopped by both keeps "token_budget"

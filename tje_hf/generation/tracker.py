@@ -49,6 +49,8 @@ class EntropyTracker(LogitsProcessor):
         trace: keep per-token values ``(B, T, S)`` float32 and segment labels ``(B, T)`` int8.
         trace_alternatives: with ``trace``, also keep the top-n ids ``(B, T, n)`` int32 and
             their full-vocabulary log-probabilities ``(B, T, n)`` float16.
+        copy_logits: copy each step's logits for the token's log-probability (taken one step
+            later). False only when no later processor writes into the logits in place.
 
     State after :meth:`finalize`: ``sums`` ``(B, 3, S)`` float32 and ``counts`` ``(B, 3)`` over
     the segments ``("all", "reasoning", "answer")``; ``n_generated`` ``(B,)``; ``stop_code``
@@ -67,6 +69,7 @@ class EntropyTracker(LogitsProcessor):
         trace_alternatives: int = 0,
         deepconf_k: int = DEEPCONF_K,
         full_vocab: bool = True,
+        copy_logits: bool = True,
     ):
         B, T = batch_size, max_new_tokens
         self.ks = tuple(ks)
@@ -74,6 +77,7 @@ class EntropyTracker(LogitsProcessor):
         S = len(self.columns)
         self.deepconf_k = deepconf_k
         self.full_vocab = full_vocab
+        self.copy_logits = copy_logits
         self.device = torch.device(device)
         self.eos = torch.tensor(sorted(set(eos_token_ids)) or [-1], dtype=torch.long, device=self.device)
         self.machine = SegmentMachine(segment_rules, self.device)
@@ -122,9 +126,15 @@ class EntropyTracker(LogitsProcessor):
         self._pending = torch.cat(
             [sig["topk_entropy"], sig["full_entropy"][:, None], sig["deepconf_confidence"][:, None],
              sig["self_certainty"][:, None]], dim=-1)
-        # A copy: later processors may legally work in place on the tensor they are handed.
-        # (Only the token's log-probability needs it, and that needs the full vocabulary.)
-        self._pending_logits = scores.detach().to(torch.float32, copy=True) if self.full_vocab else None
+        # Kept until the token is known (its log-probability needs the full vocabulary). A later
+        # processor may legally work in place on the tensor it is handed: copy, unless the caller
+        # knows none will (generate_batch's own chain: every warper there returns a new tensor).
+        if not self.full_vocab:
+            self._pending_logits = None
+        elif self.copy_logits or scores.dtype != torch.float32:
+            self._pending_logits = scores.detach().to(torch.float32, copy=True)
+        else:
+            self._pending_logits = scores.detach()
         self._pending_lse = sig["lse"]
         self._pending_alive = self.alive  # safe without a copy: ``alive`` is replaced, never mutated
         self._pending_counted = self.alive & ~torch.isnan(self._pending[:, 0])
