@@ -256,14 +256,17 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
     if spec.attn_implementation:
         model_kwargs["attn_implementation"] = spec.attn_implementation
     target = device or default_device()
-    # Without a device_map of the spec's, the whole model goes to one device, and it is loaded
-    # there rather than moved with .to(): weights that Transformers places itself (gpt-oss's
-    # MXFP4 expert blocks, kept as plain attributes that .to() does not move) then land on the
-    # target too, not on the current CUDA device.
-    model_kwargs["device_map"] = spec.device_map or {"": target}
     qconf = quantization_config(spec)
     if qconf is not None:
         model_kwargs["quantization_config"] = qconf
+    if spec.device_map:
+        model_kwargs["device_map"] = spec.device_map
+    elif qconf is not None or torch.device(target).type != "cpu":
+        # The whole model goes to one device, loaded there rather than moved with .to(): weights
+        # that Transformers places itself (gpt-oss's MXFP4 expert blocks, kept as plain
+        # attributes that .to() does not move) then land on the target too, not on the current
+        # CUDA device. (A device_map needs accelerate, a dependency; on the CPU .to() suffices.)
+        model_kwargs["device_map"] = {"": target}
     if check_memory:
         from .memory import preflight
 
@@ -273,6 +276,8 @@ def load_model(spec: ModelSpec | None = None, *, device: str | None = None, batc
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.name_or_path={spec.name_or_path!r}: cannot load the model ({exc})") from exc
+    if "device_map" not in model_kwargs:
+        model.to(target)
     model.eval()
     family = resolve_family(spec.family, model, tokenizer, enable_thinking=spec.enable_thinking)
     return LoadedModel(backend=HfBackend(model, tokenizer, context_tokens=context_tokens), spec=spec, family=family,
