@@ -32,7 +32,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tje_hf tests tests_vllm scripts
 
-bench: $(STAMP)  # the commands behind the README's Performance figures (about 1 h 15 min on 2 cores)
+bench: $(STAMP)  # the commands behind the README's Performance figures (about 1 h 30 min on 2 cores)
 	$(PY) scripts/bench_entropy.py --reps 5
 	$(PY) scripts/bench_entropy.py --arch gpt-oss qwen3-moe --reps 5 --tokens 64 --batches 1 8 --lengths 64 256 \
 		--out bench_results/entropy_real_vocab.json
@@ -41,6 +41,7 @@ bench: $(STAMP)  # the commands behind the README's Performance figures (about 1
 		--out bench_results/refine_continuation.json
 	$(PY) scripts/bench_viewer.py
 	$(PY) scripts/bench_sliding_cache.py --contexts 4096 13312 --steps 16 --reps 3
+	$(PY) scripts/bench_sampling.py
 
 clean:
 	rm -rf $(VENV) .venv-vllm

@@ -7,7 +7,8 @@ multiples of what Transformers' own sampling costs on the same logits.
      ``torch.multinomial`` (from float32: generate upcasts the logits first) -- the unit;
    - ``sampler``: :class:`~tje_hf.generation.sampling.SeededSampler` (one seeded draw per row);
    - ``tracker``: :class:`~tje_hf.generation.tracker.EntropyTracker` with every signal, the trace
-     and 5 alternatives (the packaged setting); ``tracker-topk``: top-k entropies only
+     and 5 alternatives (the packaged setting), as ``generate_batch`` builds it (the step's logits
+     referenced, not copied); ``tracker-topk``: top-k entropies only
      (``signals.full_vocab: false``).
    Interleaved rounds (the order rotating), each a median over ``--calls`` calls; the table gives
    the median over rounds of each component's time divided by ``hf-sampling``'s in the same
@@ -50,17 +51,19 @@ GOALS = {"sampler": 1.0, "tracker": 0.5, "tracker-topk": 0.25}
 COMPONENTS = ("hf-sampling", "sampler", "tracker", "tracker-topk")
 
 
-def component_calls(B: int, V: int, dtype: torch.dtype, steps: int):
+def component_calls(B: int, V: int, dtype: torch.dtype, steps: int, device: torch.device):
     """One callable per component, each running one decoding step's work on fresh-looking logits;
     the tracker's per-step state (commit of the previous token, the trace) advances as in generate."""
     g = torch.Generator().manual_seed(B * 7 + V)
-    logits = (torch.randn(B, V, generator=g) * 4).to(dtype)
+    logits = (torch.randn(B, V, generator=g) * 4).to(device=device, dtype=dtype)
     scores = logits.float() / 0.7  # what the warpers hand the last processor: float32, tempered
-    token = torch.randint(0, V, (B, 1), generator=g)
-    sampler = SeededSampler(torch.arange(B))
+    token = torch.randint(0, V, (B, 1), generator=g).to(device)
+    sampler = SeededSampler(torch.arange(B, device=device))
+    # as generate_batch builds it when the caller adds no processor: the logits referenced, not copied
     trackers = {
-        "tracker": EntropyTracker(B, steps, (5, 10, 15, 20), [V - 1], "cpu", trace=True, trace_alternatives=5),
-        "tracker-topk": EntropyTracker(B, steps, (5, 10, 15, 20), [V - 1], "cpu", full_vocab=False),
+        "tracker": EntropyTracker(B, steps, (5, 10, 15, 20), [V - 1], device, trace=True, trace_alternatives=5,
+                                  copy_logits=False),
+        "tracker-topk": EntropyTracker(B, steps, (5, 10, 15, 20), [V - 1], device, full_vocab=False),
     }
     scratch = {"scores": scores.clone()}
 
@@ -77,19 +80,26 @@ def component_calls(B: int, V: int, dtype: torch.dtype, steps: int):
     for name, tracker in trackers.items():
         def track(tracker=tracker):
             if tracker.calls >= steps:  # a fresh generate call: the trace is full
-                tracker.__init__(B, steps, tracker.ks, [V - 1], "cpu", trace=tracker.trace is not None,
-                                 trace_alternatives=tracker.n_alt, full_vocab=tracker.full_vocab)
+                tracker.__init__(B, steps, tracker.ks, [V - 1], device, trace=tracker.trace is not None,
+                                 trace_alternatives=tracker.n_alt, full_vocab=tracker.full_vocab,
+                                 copy_logits=False)
             return tracker(token, logits)
         calls[name] = (track, None)
     return calls
 
 
-def bench_components(vocabs, batches, dtypes, rounds: int, calls: int) -> list[dict]:
+def bench_components(vocabs, batches, dtypes, rounds: int, calls: int, device: torch.device | str = "cpu",
+                     quiet: bool = False) -> list[dict]:
+    """Each component's time per call as a multiple of ``hf-sampling``'s (module docstring), on
+    ``device`` (on CUDA each call is timed between two synchronisations: its whole cost, launches
+    included)."""
+    device = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rows = []
     for vname, V in vocabs.items():
         for dtype in dtypes:
             for B in batches:
-                fns = component_calls(B, V, dtype, steps=4 * calls + 8)
+                fns = component_calls(B, V, dtype, 4 * calls + 8, device)
                 per_round = {name: [] for name in COMPONENTS}
                 for r in range(rounds):
                     order = COMPONENTS[r % len(COMPONENTS):] + COMPONENTS[:r % len(COMPONENTS)]
@@ -99,8 +109,10 @@ def bench_components(vocabs, batches, dtypes, rounds: int, calls: int) -> list[d
                         for i in range(calls + 1):
                             if reset is not None:
                                 reset()
+                            sync()
                             t0 = time.perf_counter()
                             fn()
+                            sync()
                             if i:  # the first call of a round warms up
                                 times.append(time.perf_counter() - t0)
                         per_round[name].append(statistics.median(times))
@@ -112,8 +124,9 @@ def bench_components(vocabs, batches, dtypes, rounds: int, calls: int) -> list[d
                     row[name] = {"x_hf_sampling": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                  "ms": 1000 * statistics.median(per_round[name])}
                 rows.append(row)
-                print(f"  {vname} B={B} {row['dtype']}: hf {row['hf_sampling_ms']:.2f} ms; "
-                      + ", ".join(f"{n} {row[n]['x_hf_sampling']:.2f}x" for n in COMPONENTS[1:]), flush=True)
+                if not quiet:
+                    print(f"  {vname} B={B} {row['dtype']}: hf {row['hf_sampling_ms']:.2f} ms; "
+                          + ", ".join(f"{n} {row[n]['x_hf_sampling']:.2f}x" for n in COMPONENTS[1:]), flush=True)
     return rows
 
 
@@ -168,15 +181,19 @@ def bench_e2e(batches, tokens: int, reps: int) -> list[dict]:
     return rows
 
 
+def components_table(components: list[dict]) -> list[str]:
+    """Markdown rows: each component as a multiple of softmax + multinomial (median, range)."""
+    lines = [("| vocabulary | batch | logits | softmax + multinomial, ms | sampler | tracker, all signals "
+             "| tracker, top-k only |"), "|---|---|---|---|---|---|---|"]
+    for r in components:
+        cell = lambda n, r=r: f"{r[n]['x_hf_sampling']:.2f}x ({r[n]['min']:.2f}-{r[n]['max']:.2f})"
+        lines.append(f"| {r['vocab']} ({r['V']:,}) | {r['B']} | {r['dtype']} | {r['hf_sampling_ms']:.2f} "
+                     f"| {cell('sampler')} | {cell('tracker')} | {cell('tracker-topk')} |")
+    return lines
+
+
 def tables(components: list[dict], e2e: list[dict]) -> str:
-    lines = []
-    if components:
-        lines += ["| vocabulary | batch | logits | hf sampling ms | sampler | tracker, all signals | tracker, top-k only |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in components:
-            cell = lambda n, r=r: f"{r[n]['x_hf_sampling']:.2f}x ({r[n]['min']:.2f}-{r[n]['max']:.2f})"
-            lines.append(f"| {r['vocab']} ({r['V']:,}) | {r['B']} | {r['dtype']} | {r['hf_sampling_ms']:.2f} "
-                         f"| {cell('sampler')} | {cell('tracker')} | {cell('tracker-topk')} |")
+    lines = components_table(components) if components else []
     if e2e:
         lines += ["", "| model (one layer) | hidden | batch | plain tok/s | tje_hf tok/s | ratio (range) |",
                   "|---|---|---|---|---|---|"]

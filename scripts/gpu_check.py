@@ -426,6 +426,17 @@ def reuse_phase(model, tok, config, device, context: int, suffix: int, reps: int
             "reuse_runs_s": reuse_s, "fresh_runs_s": fresh_s, "same_first_token": all(same)}
 
 
+def components_phase(device: torch.device, tiny: bool, batches: list[int]) -> dict:
+    """``scripts/bench_sampling.py``'s per-step component costs, on this device: the sampler and
+    the tracker as multiples of softmax + multinomial on the same logits, at the paper models'
+    vocabularies (a 4,096-token vocabulary with ``--tiny``), float32 and bf16 logits."""
+    from bench_sampling import VOCABS, bench_components
+
+    vocabs = {"tiny": 4096} if tiny else VOCABS
+    return {"rows": bench_components(vocabs, sorted(set(batches) | {8}), (torch.float32, torch.bfloat16),
+                                     rounds=3, calls=5 if tiny else 9, device=device, quiet=True)}
+
+
 def check_model(name: str, args, device: torch.device, dtype: torch.dtype, share_s: float) -> dict:
     t0 = time.perf_counter()
     deadline = t0 + share_s
@@ -524,6 +535,11 @@ def table(report: dict) -> str:
                  f"{fmt(s[f'{k}_added_per_step'], '+.2f')}" for k in CONFIGS]
         lines.append(f"| {name} | {syncs[0]} | {syncs[1]} | {m['peak_bytes'] / 2**20:.0f} ({m['batch']}) "
                      f"| {m['estimate_over_peak']:.3f} | {u['reuse_prefill_s']:.4f} | {u['fresh_prefill_s']:.4f} |")
+    if report.get("components"):
+        from bench_sampling import components_table
+
+        lines += ["", "Per decoding step, as a multiple of softmax + multinomial on the same logits:", "",
+                  *components_table(report["components"]["rows"])]
     return "\n".join(lines)
 
 
@@ -571,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     start = time.perf_counter()
+    print(f"[{time.perf_counter() - start:6.1f} s] sampler and tracker against softmax + multinomial", flush=True)
+    components = components_phase(device, tiny, args.batches)
     results: dict = {}
     for i, name in enumerate(models):
         share = (args.budget_s - (time.perf_counter() - start)) / (len(models) - i)
@@ -589,8 +607,8 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "transformers": __import__("transformers").__version__,
               "goals": {"share_pct": GOAL_SHARE_PCT, "added_syncs_per_step": 0,
                         "estimate_error": GOAL_ESTIMATE_ERROR, "evaluated": device.type == "cuda"},
-              "args": vars(args), "elapsed_s": time.perf_counter() - start, "models": results, "checks": checks,
-              "ok": ok}
+              "args": vars(args), "elapsed_s": time.perf_counter() - start, "components": components,
+              "models": results, "checks": checks, "ok": ok}
     text = table(report)
     print("\n" + text)
     for key, value in checks.items():

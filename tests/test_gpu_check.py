@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script():
+    sys.path.insert(0, str(ROOT / "scripts"))  # as when it runs: it imports bench_sampling beside it
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -71,6 +72,13 @@ def test_gpu_check_tiny(tmp_path):
         assert all(r["checks"].values()), r["checks"]
         assert not any("<=" in key for key in r["checks"])  # the goals are for a GPU
     assert "| model (attention, MoE) | batch | decoding |" in proc.stdout and "wrote" in proc.stdout
+    # the sampler and the tracker against softmax + multinomial, on this device, both logits dtypes
+    rows = report["components"]["rows"]
+    assert {(r["B"], r["dtype"]) for r in rows} == {(b, d) for b in (1, 8) for d in ("float32", "bfloat16")}
+    for r in rows:
+        assert r["V"] == 4096 and r["hf_sampling_ms"] > 0
+        assert all(r[c]["x_hf_sampling"] > 0 for c in ("sampler", "tracker", "tracker-topk"))
+    assert "as a multiple of softmax + multinomial" in proc.stdout
 
     # --readme writes the same tables between the README's markers, and nothing else
     gpu_check = _script()
