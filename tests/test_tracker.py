@@ -13,6 +13,7 @@ import torch
 
 from tje_hf import DecodeConfig, SignalConfig, generate_with_entropy
 from tje_hf.config import WindowStopConfig
+from tje_hf.generation.sampling import SeededSampler
 from tje_hf.generation.signals import full_entropy, self_certainty, token_logprob, topk_entropies
 from tje_hf.generation.tracker import EntropyTracker, TokenBudgetStop, WindowMeanStop
 
@@ -183,7 +184,8 @@ def test_window_stop_and_budget_stop_per_row(smollm2):
 
 
 def test_no_host_sync_in_tracker_or_criteria(smollm2, monkeypatch):
-    """Count device-to-host reads made while the tracker or a criterion runs: there are none."""
+    """Count device-to-host reads made while the tracker, a criterion or the sampler runs: there
+    are none."""
     calls = {"n": 0, "inside": False}
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
         original = getattr(torch.Tensor, name)
@@ -207,6 +209,7 @@ def test_no_host_sync_in_tracker_or_criteria(smollm2, monkeypatch):
     monkeypatch.setattr(EntropyTracker, "__call__", watched(EntropyTracker.__call__))
     monkeypatch.setattr(WindowMeanStop, "__call__", watched(WindowMeanStop.__call__))
     monkeypatch.setattr(TokenBudgetStop, "__call__", watched(TokenBudgetStop.__call__))
+    monkeypatch.setattr(SeededSampler, "__call__", watched(SeededSampler.__call__))
     config = DecodeConfig(max_new_tokens=12, temperature=0.7, seed=1,
                           window_stop=WindowStopConfig(threshold=9.0, window=2, min_tokens=2),
                           token_budget=10, signals=SignalConfig(ks=KS, trace=True, trace_alternatives=5))
