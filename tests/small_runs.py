@@ -7,6 +7,7 @@ Qwen3-MoE with SmolLM2's tokenizer (with or without its chat template) as a loca
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -52,3 +53,14 @@ def tiny_model_dir(tmp_path: Path, smollm2, *, template: bool, context: int) -> 
     if not template:
         (out / "chat_template.jinja").unlink(missing_ok=True)
     return out
+
+
+def local_qa_config(tmp_path: Path, smollm2, rows: list[dict], *, context: int, **extra) -> Path:
+    """A run config of a tiny model with a ``context``-token window over a local JSONL task of
+    ``rows`` (``{"id", "q", "a"}``): for what happens when a prompt outgrows the context."""
+    model_dir = tiny_model_dir(tmp_path, smollm2, template=True, context=context)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return small_config(tmp_path, model={"name_or_path": str(model_dir), "family": "generic"},
+                        task={"name": "local", "path": str(data), "columns": {"id": "id", "question": "q",
+                                                                             "answer": "a"}}, **extra)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from small_runs import error_lines, small_config, tiny_model_dir
+from small_runs import error_lines, local_qa_config, small_config
 from synthetic_runs import build_run
 
 from tje_hf import config as config_module
@@ -387,15 +387,10 @@ def test_a_full_disk_during_regrade_is_one_line_and_the_next_regrade_works(tmp_p
 
 
 def test_a_problem_that_cannot_fit_is_recorded_and_its_batch_mates_go_on(tmp_path, smollm2, capsys):
-    model_dir = tiny_model_dir(tmp_path, smollm2, template=True, context=256)  # room for both steps of "short"
-    data = tmp_path / "qa.jsonl"
     rows = [{"id": "short", "q": "1+1?", "a": "2"}, {"id": "long", "q": "word " * 400, "a": "3"},
             {"id": "after", "q": "2+2?", "a": "4"}]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = small_config(tmp_path, model={"name_or_path": str(model_dir), "family": "generic"},
-                        task={"name": "local", "path": str(data), "columns": {"id": "id", "question": "q",
-                                                                             "answer": "a"}},
-                        batch_size=2, refine={"steps": 2}, decode={"max_new_tokens": 4})
+    path = local_qa_config(tmp_path, smollm2, rows, context=256,  # room for both steps of "short"
+                           batch_size=2, refine={"steps": 2}, decode={"max_new_tokens": 4})
     assert main(["run", "--config", str(path), "--no-progress"]) == 0
     records = {r["problem_id"]: r for r in read_records(tmp_path / "run")}
     assert list(records) == ["short", "long", "after"]

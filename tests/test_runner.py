@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from small_runs import error_lines, small_config, tiny_model_dir
+from small_runs import error_lines, local_qa_config, small_config, tiny_model_dir
 
 from tje_hf.cli import main
 from tje_hf.config import load_run_config
@@ -155,14 +155,9 @@ def test_model_without_chat_template_is_a_one_line_error(tmp_path, smollm2, caps
 
 
 def test_prompt_longer_than_context_is_recorded_as_context_full_alone_in_its_batch(tmp_path, smollm2):
-    model_dir = tiny_model_dir(tmp_path, smollm2, template=True, context=80)
-    data = tmp_path / "qa.jsonl"
     rows = [{"id": "short", "q": "1+1?", "a": "2"}, {"id": "long", "q": "word " * 200, "a": "3"}]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = small_config(tmp_path, model={"name_or_path": str(model_dir), "family": "generic"},
-                        task={"name": "local", "path": str(data), "columns": {"id": "id", "question": "q",
-                                                                             "answer": "a"}},
-                        batch_size=1, refine={"steps": 1}, decode={"max_new_tokens": 4})
+    path = local_qa_config(tmp_path, smollm2, rows, context=80, batch_size=1, refine={"steps": 1},
+                           decode={"max_new_tokens": 4})
     assert main(["run", "--config", str(path), "--no-progress"]) == 0
     records = read_records(tmp_path / "run")
     assert [(r["problem_id"], r["n_steps"], r["stopped"]) for r in records] == [("short", 1, None),
