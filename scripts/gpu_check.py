@@ -49,7 +49,7 @@ repetitions (down to 3) to fit half of that share; later phases run only while t
 JSON records the N and repetitions used.
 
     python scripts/gpu_check.py --out bench_results/gpu_check.json --readme
-    python scripts/gpu_check.py --tiny --out /tmp/gpu_check_tiny.json
+    python scripts/gpu_check.py --tiny --out bench_results/gpu_check_tiny.json
 """
 
 from __future__ import annotations

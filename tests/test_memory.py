@@ -322,7 +322,7 @@ def test_eager_attention_allocates_what_the_estimate_counts(smollm2):
         for hook in hooks:
             hook.remove()
     estimate = attention_transient_bytes(model.config, "eager", B, budget, 4)
-    chunk = prefill_chunk(model.config, B, P, budget, 4)
+    chunk = prefill_chunk(model.config, P, budget)
     assert [q for q, _ in chunked] == [chunk] * (P // chunk) + [P % chunk] + [1] * (new - 1)
     worst = max(b for _, b in chunked)
     print(f"\neager attention, batch {B}, {P}-token prompt, sized for {budget}: worst call {worst} B, "

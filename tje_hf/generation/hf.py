@@ -141,13 +141,16 @@ def observer_first(model, observer) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def own_cache(model, passed: bool) -> Iterator[None]:
-    """Within the block, when ``passed`` (tje_hf hands ``generate`` its own cache), the model's
-    generation config names no cache implementation: a checkpoint may (Gemma's "static"), and
-    ``generate`` refuses one beside a cache. It fills every unset field of the call's config from
-    the model's, so the model's own is cleared for the call and restored after."""
+def own_cache(model, gen_config: GenerationConfig, passed: bool) -> Iterator[None]:
+    """Within the block, when ``passed`` (tje_hf hands ``generate`` its own cache), neither the
+    call's config ``gen_config`` nor the model's generation config names a cache implementation:
+    a checkpoint may (Gemma's "static"), and ``generate`` refuses one beside a cache. It fills
+    every unset field of the call's config from the model's, so the model's own is cleared for
+    the call and restored after."""
     config = model.generation_config
     named = getattr(config, "cache_implementation", None)
+    if passed:
+        gen_config.cache_implementation = None
     if not passed or named is None:
         yield
         return
@@ -324,11 +327,10 @@ def generate_batch(
         gen_config.use_cache = True  # chunks extend a cache
     if cache is not None:
         gen_config.use_cache = True  # a checkpoint may ship use_cache: false; reuse needs the cache filled
-        gen_config.cache_implementation = None  # and the model's, for the call: own_cache
     sync_device(device)
     start = time.perf_counter()
     tracker.start_clock()
-    with observer_first(model, tracker), own_cache(model, cache is not None), torch.inference_mode():
+    with observer_first(model, tracker), own_cache(model, gen_config, cache is not None), torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
                              logits_processor=processors, stopping_criteria=criteria, **kwargs)
     tracker.finalize(out.sequences, L)
@@ -485,7 +487,7 @@ class HfBackend:
         out = generate_batch(self.model, self.tokenizer, plan.input_ids, plan.attention_mask, decode, seeds=seeds,
                              segment_rules=segment_rules, cache=cache, token_budget=token_budget,
                              progress=progress, progress_interval=progress_interval,
-                             prefill_chunk=self._prefill_chunk(*plan.input_ids.shape))
+                             prefill_chunk=self._prefill_chunk(plan.input_ids.shape[1]))
         out.reuse = [ReuseStats(plan.mode, r, p, c)
                      for r, p, c in zip(plan.reused, plan.prefilled, plan.common_prefix, strict=True)]
         if reuse_cache:
@@ -505,13 +507,12 @@ class HfBackend:
         prefix, self._prefix = self._prefix, None  # consumed: plan_reuse rebuilds its cache
         return plan_reuse(prefix, batch, self.pad_token_id, device, rows=rows)
 
-    def _prefill_chunk(self, batch: int, width: int) -> int | None:
-        """Positions a prefill chunk of a ``(batch, width)`` input may hold (eager attention with a
-        sized context only; None: one pass)."""
+    def _prefill_chunk(self, width: int) -> int | None:
+        """Positions a prefill chunk of an input ``width`` positions wide may hold (eager attention
+        with a sized context only; None: one pass)."""
         if self.context_tokens is None or getattr(self.model.config, "_attn_implementation", None) != "eager":
             return None
-        esize = torch.empty((), dtype=self.model.dtype).element_size()
-        return prefill_chunk(self.model.config, batch, width, self.context_tokens, esize)
+        return prefill_chunk(self.model.config, width, self.context_tokens)
 
     def drop_cache(self) -> None:
         self._prefix = None

@@ -444,11 +444,12 @@ def experts_transient_bytes(config, counts: ParamCounts, quantization: str, batc
     return batch_size * top_k * per_expert * esize
 
 
-def prefill_chunk(config, batch_size: int, context_tokens: int, budget_tokens: int, esize: int) -> int:
+def prefill_chunk(config, context_tokens: int, budget_tokens: int) -> int:
     """Query positions a chunk of an eager-attention prefill may hold at ``context_tokens`` so that
     its scores (``EAGER_SCORE_COPIES x B H_q q C``) stay within what
     :func:`attention_transient_bytes` reserves for them at ``budget_tokens`` (the run's longest
-    context): ``floor(2 D budget / (EAGER_SCORE_COPIES C))``, at least 1."""
+    context): ``floor(2 D budget / (EAGER_SCORE_COPIES C))``, at least 1 (the batch and the
+    element size scale both sides alike)."""
     _, _, hd, window = _attention_shape(config)
     C = min(context_tokens, window) if window else context_tokens
     budget = min(budget_tokens, window) if window else budget_tokens
